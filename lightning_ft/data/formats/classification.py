@@ -1,0 +1,44 @@
+"""Text (or text pair) classification: {"text": ..., "label": ...}."""
+
+from __future__ import annotations
+
+from lightning_ft.data.formats.base import DataFormat, EncodeContext, field
+from lightning_ft.errors import UserError
+
+
+class Classification(DataFormat):
+    """Records with a text (optionally a second text) and a label, given by name or by class id.
+
+    Args:
+        text_field: the text to classify.
+        text_pair_field: a second text (e.g. the hypothesis in NLI); None for single texts.
+        label_field: the label: one of `--model.labels` by name, or an integer class id.
+    """
+
+    task = "sequence_classification"
+
+    def __init__(self, text_field: str = "text", text_pair_field: str | None = None, label_field: str = "label"):
+        self.text_field = text_field
+        self.text_pair_field = text_pair_field
+        self.label_field = label_field
+
+    def encode(self, record: dict, ctx: EncodeContext) -> dict:
+        text = field(record, self.text_field)
+        pair = field(record, self.text_pair_field) if self.text_pair_field else None
+        ids = ctx.tokenizer(text, pair, truncation=True, max_length=ctx.max_length)["input_ids"]
+        return {"input_ids": ids, "labels": self.label_id(record.get(self.label_field), ctx)}
+
+    def label_id(self, value, ctx: EncodeContext) -> int:
+        count = len(ctx.labels) if ctx.labels else ctx.num_labels
+        if isinstance(value, str) and ctx.labels:
+            if value not in ctx.labels:
+                raise UserError(f"field '{self.label_field}': '{value}' is not one of --model.labels {ctx.labels}")
+            return ctx.labels.index(value)
+        if isinstance(value, int) and not isinstance(value, bool) and count and 0 <= value < count:
+            return value
+        raise UserError(
+            f"field '{self.label_field}': {value!r} is not a class id in [0, {count}) "
+            "(name the classes with --model.labels to use label names)"
+            if count
+            else f"field '{self.label_field}': set --model.labels or --model.num_labels"
+        )

@@ -1,0 +1,92 @@
+"""The protocol every adaptation method follows.
+
+A method decides which weights train (`apply`), which of them a checkpoint must hold
+(`trainable_state_dict` / `load_trainable_state_dict`) and whether they fold back into the base
+weights (`merge`). The module and the CLI see nothing else of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from lightning_ft.errors import UserError
+
+# Heads that transformers' sequence classifiers create fresh; they must train with every method.
+CLASSIFIER_HEADS = ("classifier", "score")
+
+
+class Method(ABC):
+    """An adaptation method: subclasses take their hyperparameters as typed `__init__` arguments."""
+
+    #: True when a checkpoint must hold every weight (full fine-tuning), not just the trainable ones.
+    saves_full_model = False
+
+    def check(self, *, gradient_checkpointing: bool) -> None:
+        """Reject incompatible settings before any weight is loaded."""
+
+    def quantization_config(self):
+        """A transformers quantization config the base must be loaded with, or None."""
+        return None
+
+    @abstractmethod
+    def apply(self, model: nn.Module, task: str) -> nn.Module:
+        """Freeze / inject into `model` and return the model to train."""
+
+    def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to restore this method's training state."""
+        if self.saves_full_model:
+            return model.state_dict()
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load what `trainable_state_dict` saved into a freshly applied model."""
+        expected = self.trainable_state_dict(model).keys()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise UserError(
+                f"{self} weights do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        model.load_state_dict(state, strict=False)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the trained weights into plain base weights and return the plain model."""
+        raise UserError(f"{type(self).__name__} cannot be merged into the base weights")
+
+    def __repr__(self) -> str:
+        params = inspect.signature(type(self).__init__).parameters
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in params if name != "self")
+        return f"{type(self).__name__}({args})"
+
+
+def unfreeze_classifier_head(model: nn.Module) -> None:
+    """Make the freshly initialised classification head trainable (it has no pretrained weights)."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in CLASSIFIER_HEADS:
+            module.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a packed 4-bit weight counts its unpacked elements."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if type(p).__name__ == "Params4bit":  # two 4-bit values per byte of quant storage (as peft counts)
+            n *= 2 * getattr(p, "quant_storage", torch.uint8).itemsize
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Distinct last name parts of the Linear-like layers, to tell users what `target_modules` can name."""
+    names = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D")
+    }
+    return sorted(names)

@@ -1,0 +1,120 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020).
+
+Written here because peft has none and AdapterHub's `adapters` pins transformers 4.x. Each adapter maps a
+sublayer's output h to h + up(act(down(h))). It is attached to the sublayer's output projection (o_proj,
+down_proj, ...) through a forward hook, so the base weights keep their names and stay loadable as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from lightning_ft.errors import UserError
+from lightning_ft.methods.base import Method, linear_module_names, unfreeze_classifier_head
+
+# Output projections of the attention and MLP sublayers in common architectures (Llama/Mistral/Qwen, BERT,
+# GPT-2, OPT/BART, Falcon/Bloom, GPT-NeoX). A name matches if it ends with one of these.
+ATTENTION_OUTPUTS = ("self_attn.o_proj", "attention.output.dense", "attn.c_proj", "self_attn.out_proj",
+                     "self_attention.dense", "attention.dense")
+MLP_OUTPUTS = ("mlp.down_proj", "output.dense", "mlp.c_proj", "fc2", "mlp.dense_4h_to_h")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class Adapter(nn.Module):
+    """h -> h + up(act(down(h))); `up` starts at zero, so the adapted model starts equal to the base."""
+
+    def __init__(self, features: int, bottleneck: int, non_linearity: str, residual: bool, init_std: float):
+        super().__init__()
+        self.down = nn.Linear(features, bottleneck)
+        self.act = ACTIVATIONS[non_linearity]()
+        self.up = nn.Linear(bottleneck, features)
+        self.residual = residual
+        nn.init.normal_(self.down.weight, std=init_std)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h):
+        delta = self.up(self.act(self.down(h.to(self.down.weight.dtype)))).to(h.dtype)
+        return h + delta if self.residual else delta
+
+
+def _run_adapter(module: nn.Module, args, output):
+    return module.adapter(output)
+
+
+def _matches(name: str, suffixes) -> bool:
+    return any(name == s or name.endswith("." + s) for s in suffixes)
+
+
+class BottleneckAdapter(Method):
+    """Small trainable bottleneck MLPs after the attention and/or MLP sublayers of every block.
+
+    Args:
+        bottleneck_size: width of the bottleneck; overrides reduction_factor when set.
+        reduction_factor: bottleneck = hidden / reduction_factor (16 is common; 2-64 the usual range).
+        non_linearity: activation between the two projections.
+        placement: "both" is Houlsby's adapter, "mlp" is Pfeiffer's (half the parameters, similar quality),
+            "attention" only after attention.
+        residual: keep the adapter's own skip connection (h + f(h)). False replaces the sublayer output by f(h),
+            an ablation: the model then no longer starts equal to the base.
+        attention_modules / mlp_modules: name suffixes of the output projections, for architectures the
+            built-in lists do not know.
+        init_std: standard deviation of the down-projection's initial weights.
+    """
+
+    def __init__(
+        self,
+        bottleneck_size: int | None = None,
+        reduction_factor: int = 16,
+        non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu",
+        placement: Literal["attention", "mlp", "both"] = "both",
+        residual: bool = True,
+        attention_modules: list[str] | None = None,
+        mlp_modules: list[str] | None = None,
+        init_std: float = 1e-2,
+    ) -> None:
+        self.bottleneck_size = bottleneck_size
+        self.reduction_factor = reduction_factor
+        self.non_linearity = non_linearity
+        self.placement = placement
+        self.residual = residual
+        self.attention_modules = attention_modules
+        self.mlp_modules = mlp_modules
+        self.init_std = init_std
+
+    def target_names(self, model: nn.Module) -> list[str]:
+        attention = tuple(self.attention_modules or ATTENTION_OUTPUTS)
+        mlp = tuple(self.mlp_modules or MLP_OUTPUTS)
+        targets = []
+        for name, _ in model.named_modules():
+            is_attention = _matches(name, attention)
+            is_mlp = _matches(name, mlp) and not is_attention  # BERT's attention.output.dense ends in output.dense
+            if (is_attention and self.placement != "mlp") or (is_mlp and self.placement != "attention"):
+                targets.append(name)
+        if not targets:
+            raise UserError(
+                f"BottleneckAdapter found no {self.placement} output projection; name them with "
+                f"attention_modules / mlp_modules. Layers: {', '.join(linear_module_names(model))}"
+            )
+        return targets
+
+    def apply(self, model: nn.Module, task: str) -> nn.Module:
+        model.requires_grad_(False)
+        for name in self.target_names(model):
+            layer = model.get_submodule(name)
+            features = getattr(layer, "out_features", None) or layer.nf  # nn.Linear, or GPT-2's Conv1D
+            bottleneck = self.bottleneck_size or max(1, features // self.reduction_factor)
+            layer.add_module("adapter", Adapter(features, bottleneck, self.non_linearity, self.residual, self.init_std))
+            layer.register_forward_hook(_run_adapter)
+        if task == "sequence_classification":
+            unfreeze_classifier_head(model)
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise UserError(
+            "BottleneckAdapter cannot be merged: the non-linearity between its projections has no equivalent "
+            "change of the base weights; keep the adapter with the model"
+        )

@@ -1,0 +1,20 @@
+"""Full fine-tuning: every weight trains and every weight is saved."""
+
+from torch import nn
+
+from lightning_ft.methods.base import Method
+
+
+class Full(Method):
+    """Train all weights (use a 10-100x lower learning rate than for adapters: 1e-6 to 1e-5)."""
+
+    saves_full_model = True
+
+    def __init__(self) -> None:
+        pass
+
+    def apply(self, model: nn.Module, task: str) -> nn.Module:
+        return model.requires_grad_(True)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model

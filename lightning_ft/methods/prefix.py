@@ -1,0 +1,47 @@
+"""Prefix tuning (Li & Liang 2021) through peft: trained key/value vectors prepended in every attention layer."""
+
+from __future__ import annotations
+
+from peft import PrefixTuningConfig, get_peft_model
+from torch import nn
+
+from lightning_ft.errors import UserError
+from lightning_ft.methods.base import Method
+from lightning_ft.methods.lora import PEFT_TASK_TYPES
+
+
+class PrefixTuning(Method):
+    """Learn `num_virtual_tokens` key/value pairs per layer; the base model stays frozen.
+
+    Args:
+        num_virtual_tokens: prefix length, usually 10-30; more tokens add capacity and attention cost.
+        prefix_projection: reparameterise the prefix through a 2-layer MLP (more stable, more parameters).
+        encoder_hidden_size: hidden size of that MLP (defaults to the model's hidden size).
+    """
+
+    def __init__(
+        self, num_virtual_tokens: int = 20, prefix_projection: bool = False, encoder_hidden_size: int | None = None
+    ) -> None:
+        self.num_virtual_tokens = num_virtual_tokens
+        self.prefix_projection = prefix_projection
+        self.encoder_hidden_size = encoder_hidden_size
+
+    def check(self, *, gradient_checkpointing: bool) -> None:
+        if gradient_checkpointing:
+            raise UserError(
+                "PrefixTuning does not work with --model.gradient_checkpointing true (peft refuses it); turn one off"
+            )
+
+    def apply(self, model: nn.Module, task: str) -> nn.Module:
+        config = PrefixTuningConfig(
+            task_type=PEFT_TASK_TYPES[task],
+            num_virtual_tokens=self.num_virtual_tokens,
+            prefix_projection=self.prefix_projection,
+            encoder_hidden_size=self.encoder_hidden_size or model.config.hidden_size,
+        )
+        return get_peft_model(model, config)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise UserError(
+            "PrefixTuning cannot be merged: its prefix is extra attention input, not a change to any base weight"
+        )

@@ -1,0 +1,114 @@
+"""QLoRA (Dettmers et al. 2023): LoRA on a base whose Linear weights are stored in 4 bits (NF4 or FP4)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from peft import prepare_model_for_kbit_training
+from peft.tuners.lora import LoraLayer
+from peft.utils.integrations import dequantize_bnb_weight
+from torch import nn
+from transformers import BitsAndBytesConfig
+
+from lightning_ft.errors import UserError
+from lightning_ft.loading import TORCH_DTYPES
+from lightning_ft.methods.lora import LoRA
+
+ComputeDType = Literal["bfloat16", "float16", "float32"]
+
+
+class QLoRA(LoRA):
+    """LoRA over a 4-bit base loaded through bitsandbytes.
+
+    Args (beyond LoRA's):
+        quant_type: "nf4" (normal-float, best for normally distributed weights) or "fp4".
+        double_quant: also quantize the quantization constants (saves ~0.4 bit per weight).
+        compute_dtype: dtype the 4-bit weights are dequantized to for each matmul.
+        quant_storage: dtype the packed 4-bit data is stored in; set it to compute_dtype under FSDP.
+    """
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: int = 16,
+        dropout: float = 0.05,
+        target_modules: list[str] | str = "all-linear",
+        bias: Literal["none", "lora_only", "all"] = "none",
+        use_dora: bool = False,
+        use_rslora: bool = False,
+        quant_type: Literal["nf4", "fp4"] = "nf4",
+        double_quant: bool = True,
+        compute_dtype: ComputeDType = "bfloat16",
+        quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8",
+    ) -> None:
+        super().__init__(r, alpha, dropout, target_modules, bias, use_dora, use_rslora)
+        self.quant_type = quant_type
+        self.double_quant = double_quant
+        self.compute_dtype = compute_dtype
+        self.quant_storage = quant_storage
+
+    def check(self, *, gradient_checkpointing: bool) -> None:
+        # Probe the real kernel: an old or GPU-only bitsandbytes fails here, not after the model loaded.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            import bitsandbytes.functional as bnb_functional
+
+            bnb_functional.quantize_4bit(torch.ones(64, device=device), quant_type=self.quant_type)
+        except Exception as err:  # ImportError, missing native library, unsupported device
+            raise UserError(f"QLoRA needs bitsandbytes with 4-bit support on {device}: {err}") from err
+
+    def quantization_config(self) -> BitsAndBytesConfig:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=TORCH_DTYPES[self.compute_dtype],
+            bnb_4bit_quant_storage=getattr(torch, self.quant_storage),
+        )
+
+    def apply(self, model: nn.Module, task: str) -> nn.Module:
+        # Casts norms/embeddings to fp32 for stable training and keeps gradient checkpointing as configured.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=model.is_gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        for module in model.modules():
+            # bitsandbytes 0.50 repacks 4-bit weights in place at the first no-grad eval forward on AVX512-BF16
+            # CPUs; later training forwards then run a kernel without autograd (wrong gradients) and
+            # dequantize_4bit misreads the weights (wrong merges). Keep the canonical layout.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        return super().apply(model, task)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Dequantize each 4-bit base weight to compute_dtype and add the LoRA update there.
+
+        peft's own merge re-quantizes the sum to 4 bits (rounding the update away); this keeps it exact, so the
+        merged model computes what the trained QLoRA model computed.
+        """
+        dtype = TORCH_DTYPES[self.compute_dtype]
+        for parent in list(model.modules()):
+            for child_name, layer in list(parent.named_children()):
+                if not isinstance(layer, LoraLayer):
+                    continue
+                base = layer.get_base_layer()
+                weight = dequantize_bnb_weight(base.weight, state=base.weight.quant_state).to(torch.float32)
+                for adapter in layer.active_adapters:
+                    variant = layer.lora_variant.get(adapter)
+                    if variant is None:
+                        weight = weight + layer.get_delta_weight(adapter).to(torch.float32)
+                    else:  # DoRA rescales the merged weight per output feature
+                        weight = variant.merge_safe(layer, adapter, weight)
+                plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, dtype=dtype)
+                plain.weight.data.copy_(weight)
+                if base.bias is not None:
+                    plain.bias.data.copy_(base.bias.data)
+                setattr(parent, child_name, plain)
+        plain_model = model.get_base_model()
+        plain_model.config.quantization_config = None
+        plain_model.is_quantized = False
+        if hasattr(plain_model, "hf_quantizer"):
+            plain_model.hf_quantizer = None
+        return plain_model

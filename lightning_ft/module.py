@@ -1,0 +1,167 @@
+"""FineTuneModule: one LightningModule for every base model, task and adaptation method."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_ft.constants import IGNORE_INDEX
+from lightning_ft.errors import UserError
+from lightning_ft.loading import DType, Task, check_source, load_model, load_tokenizer
+from lightning_ft.methods import Full, Method, count_parameters
+from lightning_ft.optim import Optim, build_optimizer, build_scheduler
+
+
+class FineTuneModule(LightningModule):
+    """Fine-tune a Hugging Face causal LM or sequence classifier with any `Method`.
+
+    Args:
+        model_name_or_path: local Hugging Face model directory or hub id.
+        task: "causal_lm" (next-token loss on label tokens) or "sequence_classification".
+        method: how the model adapts (Full, LoRA, QLoRA, PrefixTuning, BottleneckAdapter); default Full().
+        labels: class names for sequence_classification (their order fixes the class ids).
+        num_labels: number of classes when the data labels are plain ids and no names are given.
+        dtype: dtype the base weights load in; bfloat16 halves the memory of frozen weights.
+        gradient_checkpointing: recompute activations in backward (about 30% slower, far less memory).
+        trust_remote_code: allow the model directory to run its own Python code. Only for sources you trust.
+        optim: optimizer and learning-rate schedule.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        task: Task = "causal_lm",
+        method: Method | None = None,
+        labels: list[str] | None = None,
+        num_labels: int | None = None,
+        dtype: DType = "float32",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        optim: Optim = Optim(),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_source(model_name_or_path)
+        self.method = method or Full()
+        self.method.check(gradient_checkpointing=gradient_checkpointing)
+        self.optim = optim
+        self.model = None  # built in configure_model, so sharded strategies can build it in place
+        self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        h = self.hparams
+        tokenizer = load_tokenizer(h.model_name_or_path, h.trust_remote_code)
+        model = load_model(
+            h.model_name_or_path,
+            h.task,
+            dtype=h.dtype,
+            labels=h.labels,
+            num_labels=h.num_labels,
+            pad_token_id=tokenizer.pad_token_id,
+            quantization_config=self.method.quantization_config(),
+            trust_remote_code=h.trust_remote_code,
+        )
+        if h.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # from_pretrained returns the model in eval mode and Lightning keeps submodule modes: switch dropout on.
+        self.model = self.method.apply(model, h.task).train()
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        # use_cache=False: with a cache in play transformers ignores packed position_ids (see DESIGN.md).
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """Mean loss over the batch's label tokens (causal LM) or examples (classification), and their count."""
+        logits = self(**batch)
+        labels = batch["labels"]
+        if self.hparams.task == "sequence_classification":
+            return F.cross_entropy(logits.float(), labels), labels.numel()
+        # Prefix tuning prepends no logits; shift so position t predicts token t + 1.
+        logits, labels = logits[:, :-1], labels[:, 1:]
+        count = int((labels != IGNORE_INDEX).sum())
+        total = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return total / max(count, 1), count
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, count = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=count)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        loss, count = self.loss(batch)
+        # batch_size=count makes the epoch value a token-weighted (example-weighted) mean, not a mean of means.
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optim)
+        scheduler = build_scheduler(optimizer, self.optim, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        trainable, total = count_parameters(self.model)
+        rank_zero_info(f"trainable: {trainable:,} / {total:,} ({100 * trainable / total:.2f}%)  {self.method!r}")
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+
+    def _trainable_keys(self) -> set[str]:
+        return {f"model.{name}" for name in self.method.trainable_state_dict(self.model)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only what the method trains (PEFT checkpoints stay small) and the RNG states for exact resume."""
+        keep = self._trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["lightning_ft"] = {"method": repr(self.method), "rng_states": rng_states()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the checkpoint holds every trainable weight, then fill in the frozen ones from the base model."""
+        state = checkpoint["state_dict"]
+        missing = sorted(self._trainable_keys() - state.keys())
+        if missing:
+            saved = checkpoint.get("lightning_ft", {}).get("method", "an unknown method")
+            raise UserError(
+                f"checkpoint (trained with {saved}) lacks {len(missing)} weights this run trains "
+                f"with {self.method!r}, e.g. {missing[0]}"
+            )
+        checkpoint["state_dict"] = {**self.state_dict(), **state}
+        self.resumed_rng_states = checkpoint.get("lightning_ft", {}).get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Not at load time: the sanity-check validation in between draws from the global RNG (DataLoader seeds).
+        if self.resumed_rng_states is not None:
+            set_rng_states(self.resumed_rng_states)
+            self.resumed_rng_states = None
+
+
+def rng_states() -> dict:
+    """The RNG states training draws from (dropout, sampling), for an exact resume.
+
+    Not Lightning's _collect_rng_states: it includes NumPy's state, an ndarray that `torch.load(weights_only=True)`
+    refuses, and nothing here draws from NumPy.
+    """
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny Llama (2 layers, hidden 64) with a tokenizer trained on the test data, and data files."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from tiny_model import build_tiny_llama  # noqa: E402
+
+from lightning_ft.cli import main  # noqa: E402
+
+WORDS = "red blue green black white pink gray gold cat dog cow pig owl fox bee ant".split()
+LABELS = ["neg", "pos"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def instruction_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.sample(WORDS, 3)
+        rows.append({"instruction": "Reverse the words.", "input": " ".join(words), "output": " ".join(words[::-1])})
+    return rows
+
+
+def classification_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 2]
+        mood = "good great nice" if label == "pos" else "bad awful poor"
+        rows.append({"text": f"{mood} {rng.choice(WORDS)}", "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_jsonl(root / "train.jsonl", instruction_rows(32, seed=0))
+    write_jsonl(root / "val.jsonl", instruction_rows(8, seed=1))
+    write_jsonl(root / "cls_train.jsonl", classification_rows(32, seed=2))
+    write_jsonl(root / "cls_val.jsonl", classification_rows(8, seed=3))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, data_dir) -> Path:
+    texts = [v for name in ("train.jsonl", "cls_train.jsonl") for line in (data_dir / name).read_text().splitlines()
+             for v in json.loads(line).values()]
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", texts, hidden=64, layers=2, vocab_size=300)
+
+
+@pytest.fixture
+def fit_args(tiny_model, data_dir, tmp_path):
+    """Contract flags for a short instruction fit of the tiny model into a fresh run dir."""
+
+    def make(*extra: str, run_dir: Path | None = None, classification: bool = False) -> list[str]:
+        train, val = ("cls_train.jsonl", "cls_val.jsonl") if classification else ("train.jsonl", "val.jsonl")
+        args = [
+            "fit",
+            "--model.model_name_or_path", str(tiny_model),
+            "--data.train_path", str(data_dir / train),
+            "--data.val_path", str(data_dir / val),
+            "--trainer.default_root_dir", str(run_dir or tmp_path / "run"),
+            "--trainer.max_steps", "2",
+            "--trainer.accelerator", "cpu",
+            "--trainer.devices", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
+            "--trainer.logger", "false",
+        ]
+        if classification:
+            args += ["--model.task", "sequence_classification", "--data.format", "classification",
+                     "--model.labels", json.dumps(LABELS)]
+        return args + list(extra)
+
+    return make
+
+
+@pytest.fixture
+def cli():
+    """Run `lightning-ft` in this process; returns the exit status."""
+    return main

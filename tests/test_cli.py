@@ -1,0 +1,142 @@
+"""`lightning-ft fit` as users run it: shipped recipes, run-dir layout, checkpoints, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_ft import FineTuneModule
+
+from conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def load_ckpt(run_dir: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
+
+
+def test_print_config_round_trips(cli, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["fit", "--config", str(ROOT / "configs/lora.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"class_path: lightning_ft\S*\.LoRA\n", printed)
+    (tmp_path / "printed.yaml").write_text(printed)
+    with pytest.raises(SystemExit):
+        cli(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
+    assert capsys.readouterr().out == printed
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_fits_two_steps(cli, fit_args, tmp_path, config):
+    run_dir = tmp_path / config.stem
+    classification = "classification" in config.stem
+    args = fit_args("--data.num_workers", "0", run_dir=run_dir, classification=classification)
+    assert cli(["fit", "--config", str(config), *args[1:]]) == 0
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert load_ckpt(run_dir)["global_step"] == 2
+
+
+def test_lora_checkpoint_holds_only_the_adapter(cli, fit_args, tmp_path, tiny_model):
+    lora, full = tmp_path / "lora", tmp_path / "full"
+    assert cli(fit_args("--model.method", "LoRA", "--model.method.r", "4",
+                        "--model.method.target_modules", "[q_proj,v_proj]", run_dir=lora)) == 0
+    assert cli(fit_args("--model.method", "Full", run_dir=full)) == 0
+    lora_bytes = (lora / "checkpoints/last.ckpt").stat().st_size
+    full_bytes = (full / "checkpoints/last.ckpt").stat().st_size
+    assert lora_bytes < 0.05 * full_bytes, (lora_bytes, full_bytes)
+    checkpoint = load_ckpt(lora)
+    assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+
+    # Loading it back onto the base restores exactly the trained adapter.
+    restored = FineTuneModule.load_from_checkpoint(lora / "checkpoints/last.ckpt")
+    state = restored.state_dict()
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(state[key], value)
+    assert repr(restored.method).startswith("LoRA(r=4")
+
+
+def test_resume_equals_uninterrupted_run(cli, fit_args, tmp_path):
+    """8 steps straight vs 4 steps, stop, resume to 8: same weights, optimizer state and scheduler.
+
+    Dropout is on (RNG state must be restored), the data is shuffled (order must continue), and the resume
+    point falls inside the warmup (scheduler state must be restored). A constant schedule after warmup keeps
+    the two runs' schedules equal although their max_steps differ.
+    """
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    method = ("--model.method", "LoRA", "--model.method.dropout", "0.1", "--data.batch_size", "8",
+              "--model.optim.scheduler", "constant", "--model.optim.warmup_steps", "6")
+    assert cli(fit_args(*method, "--trainer.max_steps", "8", run_dir=straight)) == 0
+    assert cli(fit_args(*method, "--trainer.max_steps", "4", run_dir=resumed)) == 0
+    assert cli(fit_args(*method, "--trainer.max_steps", "8", "--ckpt_path", "last", run_dir=resumed)) == 0
+
+    a, b = load_ckpt(straight), load_ckpt(resumed)
+    assert a["global_step"] == b["global_step"] == 8
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def test_rerun_into_the_same_dir_refuses_then_resumes(cli, fit_args, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli(fit_args("--model.method", "LoRA", run_dir=run_dir)) == 0
+    assert cli(fit_args("--model.method", "LoRA", run_dir=run_dir)) == 2
+    assert "resume with --ckpt_path last" in capsys.readouterr().err
+    assert cli(fit_args("--model.method", "LoRA", "--trainer.max_steps", "4", "--ckpt_path", "last",
+                        run_dir=run_dir)) == 0
+    assert load_ckpt(run_dir)["global_step"] == 4
+    assert (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--model.model_name_or_path", "/no/such/model"], "--model.model_name_or_path: no such directory: /no/such/model"),
+        (["--model.method", "Nope"], "--model.method: unknown method 'Nope' (choose from Full, LoRA, QLoRA"),
+        (["--model.method", "LoRA", "--model.method.target_modules", "[wq,wv]"], "target_modules ['wq', 'wv'] match no layer"),
+        (["--data.train_path", "/no/such/train.jsonl"], "--data.train_path /no/such/train.jsonl: no such file"),
+        (["--data.format", "chatml"], "--data.format: unknown format 'chatml' (choose from instruction, classification)"),
+        (["--model.optim.lr", "fast"], 'Parser key "model.optim.lr"'),
+    ],
+    ids=["model-path", "method", "target-modules", "data-file", "format", "bad-value"],
+)
+def test_bad_input_is_one_error_line(cli, fit_args, capsys, flags, message):
+    assert cli(fit_args(*flags)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_bad_records_name_file_and_line(cli, fit_args, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "a"}) + "\n")
+    assert cli(fit_args("--data.train_path", str(bad))) == 2
+    assert f"error: {bad}:2: field 'output' is missing" in capsys.readouterr().err
+
+
+def test_format_and_task_must_agree(cli, fit_args, capsys):
+    assert cli(fit_args("--data.format", "classification")) == 2
+    assert "needs --model.task sequence_classification" in capsys.readouterr().err
+
+
+def test_console_script_exit_status_and_message(tmp_path):
+    """The installed entry point: no traceback wall, one `error:` line, non-zero status; --help works."""
+    lightning_ft = Path(sys.executable).with_name("lightning-ft")
+    result = subprocess.run([str(lightning_ft), "fit", "--model.model_name_or_path", str(tmp_path / "missing")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --model.model_name_or_path: no such directory")
+    module_help = subprocess.run([sys.executable, "-m", "lightning_ft", "fit", "--help"], capture_output=True, text=True)
+    assert module_help.returncode == 0 and "--model.method" in module_help.stdout
