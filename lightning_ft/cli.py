@@ -16,6 +16,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.errors import UserError
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
         FineTuneCLI(args=argv)
-    except (UserError, ArgumentError) as err:
+    except (UserError, ArgumentError, MisconfigurationException) as err:  # Lightning's own flag/config errors
         if debug:
             raise
         print(f"error: {explain(err)}", file=sys.stderr)

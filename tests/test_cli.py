@@ -34,12 +34,18 @@ def test_print_config_round_trips(cli, capsys, tmp_path):
     assert capsys.readouterr().out == printed
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_fits_two_steps(cli, fit_args, tmp_path, config):
+RECIPE_RUNS = [(c, "classification" in c.stem) for c in CONFIGS] + [(ROOT / "configs/lora.yaml", True)]
+
+
+@pytest.mark.parametrize("config,classification", RECIPE_RUNS,
+                         ids=[c.stem + ("-as-classifier" * (k and "classification" not in c.stem)) for c, k in RECIPE_RUNS])
+def test_every_shipped_config_fits_two_steps(cli, fit_args, tmp_path, caplog, config, classification):
+    """Each recipe with the contract flags; lora.yaml also turned into a classifier by flags alone."""
     run_dir = tmp_path / config.stem
-    classification = "classification" in config.stem
     args = fit_args("--data.num_workers", "0", run_dir=run_dir, classification=classification)
+    caplog.set_level("INFO")
     assert cli(["fit", "--config", str(config), *args[1:]]) == 0
+    assert re.search(r"trainable: [\d,]+ / [\d,]+ \(\d+\.\d\d%\)  \w+\(", caplog.text)
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
@@ -56,6 +62,8 @@ def test_lora_checkpoint_holds_only_the_adapter(cli, fit_args, tmp_path, tiny_mo
     assert lora_bytes < 0.05 * full_bytes, (lora_bytes, full_bytes)
     checkpoint = load_ckpt(lora)
     assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+    full_state = load_ckpt(full)["state_dict"]
+    assert len(full_state) == len(FineTuneModule.load_from_checkpoint(full / "checkpoints/last.ckpt").state_dict())
 
     # Loading it back onto the base restores exactly the trained adapter.
     restored = FineTuneModule.load_from_checkpoint(lora / "checkpoints/last.ckpt")

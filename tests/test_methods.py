@@ -198,6 +198,47 @@ def test_unmergeable_methods_say_why(tiny_model, method):
         method.merge(module.model)
 
 
+@pytest.mark.parametrize("method", [m.values[0] for m in CAUSAL_METHODS], ids=[m.id for m in CAUSAL_METHODS])
+def test_trainable_state_dict_loads_back_into_a_fresh_base(tiny_model, method):
+    trained = FineTuneModule(str(tiny_model), method=method)
+    trained.configure_model()
+    with torch.no_grad():  # stand-in for training: move every trainable weight
+        for p in trained.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    saved = {k: v.clone() for k, v in method.trainable_state_dict(trained.model).items()}
+    ids = torch.tensor([[1, 20, 30, 40, 50]])
+    expected = logits(trained.model, ids)
+
+    fresh = FineTuneModule(str(tiny_model), method=method)
+    fresh.configure_model()
+    assert not torch.equal(logits(fresh.model, ids), expected)
+    method.load_trainable_state_dict(fresh.model, saved)
+    torch.testing.assert_close(logits(fresh.model, ids), expected)
+    with pytest.raises(UserError, match="do not fit this model"):
+        method.load_trainable_state_dict(fresh.model, dict(list(saved.items())[1:]))
+
+
+def test_dora_adds_a_magnitude_per_output_feature(tiny_model):
+    module = FineTuneModule(str(tiny_model), method=LoRA(r=4, target_modules=["q_proj", "v_proj"], use_dora=True))
+    module.configure_model()
+    config = AutoConfig.from_pretrained(tiny_model)
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    magnitudes = config.num_hidden_layers * (config.hidden_size + kv)
+    assert count_parameters(module.model)[0] == lora_count(config, 4, ("q_proj", "v_proj")) + magnitudes
+
+
+def test_qlora_without_a_working_4bit_kernel_fails_with_one_line(monkeypatch, tiny_model):
+    import bitsandbytes.functional
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
+    with pytest.raises(UserError, match="QLoRA needs bitsandbytes with 4-bit support on cpu: no kernel"):
+        FineTuneModule(str(tiny_model), method=QLoRA())
+
+
 def test_incompatible_combinations_fail_before_loading(tiny_model):
     with pytest.raises(UserError, match="gradient_checkpointing"):
         FineTuneModule(str(tiny_model), method=PrefixTuning(), gradient_checkpointing=True)

@@ -7,8 +7,8 @@ weights (`merge`). The module and the CLI see nothing else of it.
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,10 +20,10 @@ CLASSIFIER_HEADS = ("classifier", "score")
 
 
 class Method(ABC):
-    """An adaptation method: subclasses take their hyperparameters as typed `__init__` arguments."""
+    """An adaptation method: subclasses are dataclasses whose typed fields are the hyperparameters."""
 
     #: True when a checkpoint must hold every weight (full fine-tuning), not just the trainable ones.
-    saves_full_model = False
+    saves_full_model: ClassVar[bool] = False
 
     def check(self, *, gradient_checkpointing: bool) -> None:
         """Reject incompatible settings before any weight is loaded."""
@@ -57,10 +57,6 @@ class Method(ABC):
         """Fold the trained weights into plain base weights and return the plain model."""
         raise UserError(f"{type(self).__name__} cannot be merged into the base weights")
 
-    def __repr__(self) -> str:
-        params = inspect.signature(type(self).__init__).parameters
-        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in params if name != "self")
-        return f"{type(self).__name__}({args})"
 
 
 def unfreeze_classifier_head(model: nn.Module) -> None:

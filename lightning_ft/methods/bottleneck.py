@@ -7,6 +7,7 @@ down_proj, ...) through a forward hook, so the base weights keep their names and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
@@ -49,6 +50,7 @@ def _matches(name: str, suffixes) -> bool:
     return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
+@dataclass
 class BottleneckAdapter(Method):
     """Small trainable bottleneck MLPs after the attention and/or MLP sublayers of every block.
 
@@ -65,25 +67,14 @@ class BottleneckAdapter(Method):
         init_std: standard deviation of the down-projection's initial weights.
     """
 
-    def __init__(
-        self,
-        bottleneck_size: int | None = None,
-        reduction_factor: int = 16,
-        non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu",
-        placement: Literal["attention", "mlp", "both"] = "both",
-        residual: bool = True,
-        attention_modules: list[str] | None = None,
-        mlp_modules: list[str] | None = None,
-        init_std: float = 1e-2,
-    ) -> None:
-        self.bottleneck_size = bottleneck_size
-        self.reduction_factor = reduction_factor
-        self.non_linearity = non_linearity
-        self.placement = placement
-        self.residual = residual
-        self.attention_modules = attention_modules
-        self.mlp_modules = mlp_modules
-        self.init_std = init_std
+    bottleneck_size: int | None = None
+    reduction_factor: int = 16
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    placement: Literal["attention", "mlp", "both"] = "both"
+    residual: bool = True
+    attention_modules: list[str] | None = None
+    mlp_modules: list[str] | None = None
+    init_std: float = 1e-2
 
     def target_names(self, model: nn.Module) -> list[str]:
         attention = tuple(self.attention_modules or ATTENTION_OUTPUTS)

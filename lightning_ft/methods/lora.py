@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from peft import LoraConfig, get_peft_model
@@ -13,6 +14,7 @@ from lightning_ft.methods.base import Method, linear_module_names
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
 
 
+@dataclass
 class LoRA(Method):
     """Low-rank adapters on the chosen Linear layers; the base stays frozen.
 
@@ -26,25 +28,17 @@ class LoRA(Method):
         use_rslora: rank-stabilised scaling alpha / sqrt(r), which keeps large ranks trainable.
     """
 
-    def __init__(
-        self,
-        r: int = 8,
-        alpha: int = 16,
-        dropout: float = 0.05,
-        target_modules: list[str] | str = "all-linear",
-        bias: Literal["none", "lora_only", "all"] = "none",
-        use_dora: bool = False,
-        use_rslora: bool = False,
-    ) -> None:
-        if r <= 0:
-            raise UserError(f"--model.method.r must be positive, got {r}")
-        self.r = r
-        self.alpha = alpha
-        self.dropout = dropout
-        self.target_modules = target_modules
-        self.bias = bias
-        self.use_dora = use_dora
-        self.use_rslora = use_rslora
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    bias: Literal["none", "lora_only", "all"] = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise UserError(f"--model.method.r must be positive, got {self.r}")
 
     def peft_config(self, task: str) -> LoraConfig:
         return LoraConfig(

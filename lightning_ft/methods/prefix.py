@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
@@ -10,6 +12,7 @@ from lightning_ft.methods.base import Method
 from lightning_ft.methods.lora import PEFT_TASK_TYPES
 
 
+@dataclass
 class PrefixTuning(Method):
     """Learn `num_virtual_tokens` key/value pairs per layer; the base model stays frozen.
 
@@ -19,12 +22,9 @@ class PrefixTuning(Method):
         encoder_hidden_size: hidden size of that MLP (defaults to the model's hidden size).
     """
 
-    def __init__(
-        self, num_virtual_tokens: int = 20, prefix_projection: bool = False, encoder_hidden_size: int | None = None
-    ) -> None:
-        self.num_virtual_tokens = num_virtual_tokens
-        self.prefix_projection = prefix_projection
-        self.encoder_hidden_size = encoder_hidden_size
+    num_virtual_tokens: int = 20
+    prefix_projection: bool = False
+    encoder_hidden_size: int | None = None
 
     def check(self, *, gradient_checkpointing: bool) -> None:
         if gradient_checkpointing:

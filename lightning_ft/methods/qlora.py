@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -18,6 +19,7 @@ from lightning_ft.methods.lora import LoRA
 ComputeDType = Literal["bfloat16", "float16", "float32"]
 
 
+@dataclass
 class QLoRA(LoRA):
     """LoRA over a 4-bit base loaded through bitsandbytes.
 
@@ -28,25 +30,10 @@ class QLoRA(LoRA):
         quant_storage: dtype the packed 4-bit data is stored in; set it to compute_dtype under FSDP.
     """
 
-    def __init__(
-        self,
-        r: int = 8,
-        alpha: int = 16,
-        dropout: float = 0.05,
-        target_modules: list[str] | str = "all-linear",
-        bias: Literal["none", "lora_only", "all"] = "none",
-        use_dora: bool = False,
-        use_rslora: bool = False,
-        quant_type: Literal["nf4", "fp4"] = "nf4",
-        double_quant: bool = True,
-        compute_dtype: ComputeDType = "bfloat16",
-        quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8",
-    ) -> None:
-        super().__init__(r, alpha, dropout, target_modules, bias, use_dora, use_rslora)
-        self.quant_type = quant_type
-        self.double_quant = double_quant
-        self.compute_dtype = compute_dtype
-        self.quant_storage = quant_storage
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: ComputeDType = "bfloat16"
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
     def check(self, *, gradient_checkpointing: bool) -> None:
         # Probe the real kernel: an old or GPU-only bitsandbytes fails here, not after the model loaded.

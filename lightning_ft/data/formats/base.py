@@ -25,7 +25,7 @@ class EncodeContext:
 
 
 class DataFormat(ABC):
-    """Turns a record (a dict read from a data file) into `input_ids` and `labels`."""
+    """Turns a record (a dict read from a data file) into `input_ids` and `labels`; subclasses are dataclasses."""
 
     #: The model task this format trains: "causal_lm" or "sequence_classification".
     task: ClassVar[str]

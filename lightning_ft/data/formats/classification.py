@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lightning_ft.data.formats.base import DataFormat, EncodeContext, field
 from lightning_ft.errors import UserError
 
 
+@dataclass
 class Classification(DataFormat):
     """Records with a text (optionally a second text) and a label, given by name or by class id.
 
@@ -17,10 +20,9 @@ class Classification(DataFormat):
 
     task = "sequence_classification"
 
-    def __init__(self, text_field: str = "text", text_pair_field: str | None = None, label_field: str = "label"):
-        self.text_field = text_field
-        self.text_pair_field = text_pair_field
-        self.label_field = label_field
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str = "label"
 
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         text = field(record, self.text_field)

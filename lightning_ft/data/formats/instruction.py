@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lightning_ft.data.formats.base import IGNORE_INDEX, DataFormat, EncodeContext, field
 
 ALPACA_TEMPLATE = (
@@ -15,6 +17,7 @@ ALPACA_TEMPLATE_NO_INPUT = (
 )
 
 
+@dataclass
 class Instruction(DataFormat):
     """Records like {"instruction": ..., "input": ..., "output": ...}; the prompt's tokens carry no loss.
 
@@ -26,19 +29,11 @@ class Instruction(DataFormat):
 
     task = "causal_lm"
 
-    def __init__(
-        self,
-        instruction_field: str = "instruction",
-        input_field: str = "input",
-        output_field: str = "output",
-        template: str = ALPACA_TEMPLATE,
-        template_no_input: str = ALPACA_TEMPLATE_NO_INPUT,
-    ) -> None:
-        self.instruction_field = instruction_field
-        self.input_field = input_field
-        self.output_field = output_field
-        self.template = template
-        self.template_no_input = template_no_input
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    template: str = ALPACA_TEMPLATE
+    template_no_input: str = ALPACA_TEMPLATE_NO_INPUT
 
     def prompt(self, record: dict) -> str:
         instruction = field(record, self.instruction_field)
