@@ -1,4 +1,4 @@
-"""`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI.
+"""`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; `data` reports on the data.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -19,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_ft.data import FineTuneDataModule
+from lightning_ft.data.report import print_report
 from lightning_ft.errors import UserError
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
@@ -88,6 +90,37 @@ class FineTuneCLI(LightningCLI):
         wanted = self.datamodule.format.task
         if wanted != self.model.hparams.task:
             raise UserError(f"--data.format {type(self.datamodule.format).__name__} needs --model.task {wanted}")
+        if self.datamodule.batching == "pack" and not self.model.method.supports_packing:
+            raise UserError(f"{type(self.model.method).__name__} cannot train on packed rows (examples would attend "
+                            "to each other); set --data.batching group_by_length")
+
+
+class DataCLI(FineTuneCLI):
+    """`lightning-ft data`: parse a fit configuration, build only its data pipeline, report on it."""
+
+    def before_instantiate_classes(self) -> None:
+        pass  # no run directory is touched: nothing trains
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass  # instantiate the classes, run nothing; `data_command` takes over
+
+
+def data_command(argv: list[str]) -> None:
+    """lightning-ft data --config X.yaml [flags] [--output report.json]"""
+    output = None
+    if "--output" in argv:
+        position = argv.index("--output")
+        if position + 1 >= len(argv):
+            raise UserError("--output needs a file name")
+        output = Path(argv[position + 1])
+        argv = argv[:position] + argv[position + 2 :]
+    datamodule = DataCLI(args=["fit", *argv]).datamodule
+    datamodule.setup("fit")
+    print_report(datamodule.report)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(datamodule.report, indent=2))
+        print(f"report: {output}")
 
 
 def explain(err: Exception) -> str:
@@ -107,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     # We hand LightningCLI the (filtered) sys.argv ourselves; its warning about that is meant for other cases.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
-        FineTuneCLI(args=argv)
+        if argv[:1] == ["data"]:
+            data_command(argv[1:])
+        else:
+            FineTuneCLI(args=argv)
     except (UserError, ArgumentError, MisconfigurationException) as err:  # Lightning's own flag/config errors
         if debug:
             raise

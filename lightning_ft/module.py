@@ -74,12 +74,17 @@ class FineTuneModule(LightningModule):
 
     # -- training -------------------------------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask=None, **_):
-        # use_cache=False: with a cache in play transformers ignores packed position_ids (see DESIGN.md).
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        # Packed rows come with position_ids and no attention mask; transformers then keeps examples apart, but
+        # only with no cache in play (see DESIGN.md): hence use_cache=False.
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """Mean loss over the batch's label tokens (causal LM) or examples (classification), and their count."""
+        if "position_ids" in batch and not self.method.supports_packing:
+            raise UserError(f"{type(self.method).__name__} cannot train on packed rows; use another --data.batching")
         logits = self(**batch)
         labels = batch["labels"]
         if self.hparams.task == "sequence_classification":

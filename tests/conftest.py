@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# Tokenized datasets are cached per test session, not in the user's ~/.cache (read when lightning_ft is imported).
+os.environ["LIGHTNING_FT_CACHE"] = tempfile.mkdtemp(prefix="lightning-ft-cache-")
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 

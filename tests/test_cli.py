@@ -115,7 +115,7 @@ def test_rerun_into_the_same_dir_refuses_then_resumes(cli, fit_args, tmp_path, c
         (["--model.method", "Nope"], "--model.method: unknown method 'Nope' (choose from Full, LoRA, QLoRA"),
         (["--model.method", "LoRA", "--model.method.target_modules", "[wq,wv]"], "target_modules ['wq', 'wv'] match no layer"),
         (["--data.train_path", "/no/such/train.jsonl"], "--data.train_path /no/such/train.jsonl: no such file"),
-        (["--data.format", "chatml"], "--data.format: unknown format 'chatml' (choose from instruction, classification)"),
+        (["--data.format", "chatml"], "--data.format: unknown format 'chatml' (choose from text, instruction, chat, classification)"),
         (["--model.optim.lr", "fast"], 'Parser key "model.optim.lr"'),
     ],
     ids=["model-path", "method", "target-modules", "data-file", "format", "bad-value"],
@@ -128,9 +128,9 @@ def test_bad_input_is_one_error_line(cli, fit_args, capsys, flags, message):
 
 def test_bad_records_name_file_and_line(cli, fit_args, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "a"}) + "\n")
-    assert cli(fit_args("--data.train_path", str(bad))) == 2
-    assert f"error: {bad}:2: field 'output' is missing" in capsys.readouterr().err
+    bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c"}) + "\n")
+    assert cli(fit_args("--data.train_path", str(bad), "--data.quality.drop_empty", "false")) == 2
+    assert f"error: {bad}:2: field 'output' is missing (fields there: instruction)" in capsys.readouterr().err
 
 
 def test_format_and_task_must_agree(cli, fit_args, capsys):

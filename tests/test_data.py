@@ -1,21 +1,30 @@
-"""The minimal data path: response-only loss masks, labels, padding, reproducible shuffles, file errors."""
+"""The data layer end to end: which tokens carry loss in every format, length rules, packing that is exact,
+the quality report on planted problems, the tokenization cache, and every format on the real shared datasets."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from lightning_ft import FineTuneModule
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data import FineTuneDataModule
-from lightning_ft.data.collate import pad_collate
-from lightning_ft.data.formats import Classification, EncodeContext, Instruction
-from lightning_ft.data.module import EpochSeededSampler
+from lightning_ft.data.batching import PackedDataset, SeededSampler, collate, pack, padding_waste
+from lightning_ft.data.formats import Chat, Classification, EncodeContext, Instruction, Text
+from lightning_ft.data.pipeline import TokenRules, finish_example
+from lightning_ft.data.quality import QualityRules
+from lightning_ft.data.sources import read_records
+from lightning_ft.data.splits import SplitSpec
 from lightning_ft.errors import UserError
 from lightning_ft.loading import load_tokenizer
 
-from conftest import LABELS, write_jsonl
+from conftest import LABELS, SHARED_DATASETS, build_tiny_llama, instruction_rows, write_jsonl
+
+SHORT = Instruction(template="{instruction} {input}\n", template_no_input="{instruction}\n")
 
 
 @pytest.fixture(scope="module")
@@ -23,95 +32,294 @@ def tokenizer(tiny_model):
     return load_tokenizer(str(tiny_model))
 
 
-def test_instruction_loss_falls_on_the_response_and_eos_only(tokenizer):
+def labelled_segments(tokenizer, example: dict) -> list[str]:
+    """The decoded runs of tokens that carry a label."""
+    runs, current = [], []
+    for token, label in zip(example["input_ids"], example["labels"]):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs + ([tokenizer.decode(current)] if current else [])
+
+
+CONVERSATION = [("system", "be brief"), ("user", "red cat"), ("assistant", "cat red"), ("user", "owl fox"),
+                ("assistant", "fox owl")]
+
+
+def test_every_format_puts_loss_on_exactly_the_right_tokens(tokenizer):
+    ctx = EncodeContext(tokenizer, max_length=512)
+    eos = tokenizer.eos_token
+
+    text = Text().encode({"text": "red cat owl"}, ctx)
+    assert labelled_segments(tokenizer, text) == [f"red cat owl{eos}"]
+
     record = {"instruction": "Reverse the words.", "input": "red cat owl", "output": "owl cat red"}
-    fmt = Instruction()
-    example = fmt.encode(record, EncodeContext(tokenizer, max_length=512))
-    prompt_ids = tokenizer(fmt.prompt(record))["input_ids"]
-    response = [t for t in example["labels"] if t != IGNORE_INDEX]
+    instruction = Instruction().encode(record, ctx)
+    assert labelled_segments(tokenizer, instruction) == [f"owl cat red{eos}"]
+    assert tokenizer.decode(instruction["input_ids"]).startswith(Instruction().prompt(record))
 
-    assert example["input_ids"][: len(prompt_ids)] == prompt_ids
-    assert example["labels"][: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    assert response == example["input_ids"][len(prompt_ids):]
-    assert tokenizer.decode(response[:-1]) == "owl cat red" and response[-1] == tokenizer.eos_token_id
-    assert "### Input:\nred cat owl" in fmt.prompt(record)
-    assert "### Input" not in fmt.prompt({"instruction": "Say hi.", "output": "hi"})  # no-input template
+    messages = {"messages": [{"role": r, "content": c} for r, c in CONVERSATION]}
+    sharegpt = {"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c}
+                                  for r, c in CONVERSATION]}
+    for record in (messages, sharegpt):
+        chat = Chat().encode(record, ctx)
+        assert labelled_segments(tokenizer, chat) == [f"cat red{eos}\n", f"fox owl{eos}\n"]
+        assert "<|user|>\nred cat" in tokenizer.decode(chat["input_ids"])
 
+    classified = Classification().encode({"text": "good cat", "label": "pos"}, EncodeContext(tokenizer, 64, LABELS))
+    assert classified["labels"] == 1 and tokenizer.decode(classified["input_ids"]) == "good cat"
 
-def test_instruction_custom_fields_and_template(tokenizer):
-    fmt = Instruction(instruction_field="q", output_field="a", template_no_input="Q: {instruction}\nA: ")
-    example = fmt.encode({"q": "red?", "a": "cat"}, EncodeContext(tokenizer, max_length=512))
-    assert tokenizer.decode(example["input_ids"]).startswith("Q: red?\nA: cat")
-
-
-def test_truncation_keeps_the_prompt_mask(tokenizer):
-    record = {"instruction": "Reverse the words.", "input": "red cat owl", "output": "owl cat red " * 20}
-    example = Instruction().encode(record, EncodeContext(tokenizer, max_length=40))
-    assert len(example["input_ids"]) == len(example["labels"]) == 40
+    everything = Instruction().encode(record | {"instruction": "x", "output": "y"} if False else
+                                      {"instruction": "Reverse.", "output": "owl"},
+                                      EncodeContext(tokenizer, 512, train_on_inputs=True))
+    assert everything["labels"] == everything["input_ids"]
 
 
-def test_examples_whose_prompt_fills_max_length_are_dropped_and_reported(tmp_path, tiny_model, recwarn):
-    rows = [{"instruction": "Reverse the words " * 30, "output": "x"}, {"instruction": "Hi", "output": "there"}]
-    short = Instruction(template_no_input="{instruction}\n")
-    datamodule = FineTuneDataModule(short, str(write_jsonl(tmp_path / "t.jsonl", rows)),
-                                    tokenizer=str(tiny_model), max_length=32)
-    datamodule.setup("fit")
-    assert len(datamodule.datasets["train"]) == 1
-    assert any("dropped 1 examples" in str(w.message) for w in recwarn)
+def test_tokenizer_chat_template_is_used_when_present(tokenizer):
+    template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if m['role'] == 'assistant' %}"
+                "{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    chat = Chat(chat_template=template).encode({"messages": [{"role": r, "content": c} for r, c in CONVERSATION]},
+                                               EncodeContext(tokenizer, 512))
+    assert tokenizer.decode(chat["input_ids"]).startswith("system: be brief\nuser: red cat\nassistant: cat red")
+    assert labelled_segments(tokenizer, chat) == [f"cat red{tokenizer.eos_token}\n", f"fox owl{tokenizer.eos_token}\n"]
 
 
-def test_classification_labels_by_name_or_id(tokenizer):
-    fmt = Classification()
-    ctx = EncodeContext(tokenizer, max_length=16, labels=LABELS)
-    assert fmt.encode({"text": "good cat", "label": "pos"}, ctx)["labels"] == 1
-    assert fmt.encode({"text": "bad cat", "label": 0}, ctx)["labels"] == 0
-    with pytest.raises(UserError, match="'meh' is not one of --model.labels"):
-        fmt.encode({"text": "x", "label": "meh"}, ctx)
-    with pytest.raises(UserError, match=r"5 is not a class id in \[0, 3\)"):
-        fmt.encode({"text": "x", "label": 5}, EncodeContext(tokenizer, max_length=16, num_labels=3))
-    pair = Classification(text_pair_field="hypothesis").encode(
-        {"text": "a cat", "hypothesis": "an animal", "label": 1}, EncodeContext(tokenizer, 64, num_labels=2))
-    assert len(pair["input_ids"]) > len(tokenizer("a cat")["input_ids"])
+def test_missing_field_names_the_field_and_the_fields_there(tokenizer):
+    with pytest.raises(UserError, match=r"field 'output' is missing \(fields there: input, instruction\)"):
+        Instruction().encode({"instruction": "a", "input": "b"}, EncodeContext(tokenizer, 64))
 
 
-def test_collate_pads_tokens_and_labels():
-    batch = pad_collate([{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]},
-                         {"input_ids": [8], "labels": [8]}], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
-    classes = pad_collate([{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}], pad_token_id=0)
+@pytest.mark.parametrize("rules,expected", [
+    (TokenRules(4, "truncate", "right"), ([1, 2, 3, 4], "truncated")),
+    (TokenRules(4, "truncate", "left"), ([3, 4, 5, 6], "truncated")),
+    (TokenRules(4, "drop"), (None, "overlong_dropped")),
+    (TokenRules(8), ([1, 2, 3, 4, 5, 6], "kept")),
+])
+def test_length_rules(rules, expected):
+    example, status = finish_example({"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, 3, 4, 5, 6]}, rules)
+    assert ((example or {}).get("input_ids"), status) == expected
+
+
+def test_examples_without_label_tokens_are_dropped():
+    assert finish_example({"input_ids": [1, 2, 3, 4], "labels": [-100, -100, -100, 4]}, TokenRules(2)) == (
+        None, "no_label_tokens")
+
+
+def test_pack_places_every_example_once_within_max_length():
+    lengths = [7, 3, 9, 1, 5, 5, 2, 8, 4, 6] * 5
+    rows = pack(lengths, max_length=16, seed=0)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 16 for row in rows)
+    assert len(rows) <= -(-sum(lengths) // 16) + 2  # best fit is close to the lower bound
+    assert pack(lengths, 16, seed=0) == rows and pack(lengths, 16, seed=1) != rows
+
+
+def test_packed_batch_losses_equal_unpacked(tiny_model, tokenizer):
+    """Per-example losses of one packed row equal each example's loss computed alone (fp32, within 1e-4)."""
+    ctx = EncodeContext(tokenizer, 512)
+    examples = [Instruction().encode(record, ctx) for record in instruction_rows(5, seed=7)]
+    module = FineTuneModule(str(tiny_model))
+    module.configure_model()
+    module.eval()
+
+    def token_losses(batch):
+        logits = module(**batch)[:, :-1]
+        return F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none",
+                               ignore_index=IGNORE_INDEX)
+
+    with torch.no_grad():
+        alone = [token_losses(collate([e], tokenizer.pad_token_id))[0].sum().item() for e in examples]
+        row = PackedDataset(examples, [list(range(len(examples)))])[0]
+        packed = token_losses(collate([row], tokenizer.pad_token_id, pad_to_multiple_of=64))[0]
+    start = 0
+    for example, expected in zip(examples, alone):
+        end = start + len(example["input_ids"])
+        assert packed[start : end - 1].sum().item() == pytest.approx(expected, abs=1e-4)
+        start = end
+
+
+def test_collate_pads_and_packed_rows_get_positions_not_masks():
+    padded = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+                     pad_token_id=0, pad_to_multiple_of=4)
+    assert padded["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert padded["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
+    row = PackedDataset([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}],
+                        [[0, 1]])[0]
+    packed = collate([row], pad_token_id=0, pad_to_multiple_of=8)
+    assert "attention_mask" not in packed
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert packed["labels"].tolist() == [[-100, 2, 3, -100, 5, -100, -100, -100]]
+    classes = collate([{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}], pad_token_id=0)
     assert classes["labels"].tolist() == [1, 0]
 
 
-def test_shuffle_depends_only_on_seed_and_pass():
+def test_order_depends_only_on_seed_and_pass():
     data = list(range(50))
-    first, second = EpochSeededSampler(data, seed=3), EpochSeededSampler(data, seed=3)
+    first, second = SeededSampler(data, seed=3), SeededSampler(data, seed=3)
     a = [list(first), list(first)]
     torch.rand(100)  # global RNG use must not matter
     assert [list(second), list(second)] == a
     assert a[0] != a[1] and sorted(a[0]) == data
-    assert list(EpochSeededSampler(data, seed=3, passes=1)) == a[1]  # what a resumed run continues with
+    assert list(SeededSampler(data, seed=3, passes=1)) == a[1]  # what a resumed run continues with
 
 
-def test_bad_json_names_file_and_line(tmp_path, tiny_model):
-    path = tmp_path / "broken.jsonl"
-    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n{not json\n")
-    datamodule = FineTuneDataModule("instruction", str(path), tokenizer=str(tiny_model))
-    with pytest.raises(UserError, match=rf"{path}:2: invalid JSON"):
-        datamodule.setup("fit")
+def test_padding_waste_ranks_the_batching_modes():
+    lengths = [20, 200, 35, 480, 90, 60, 300, 15, 120, 75] * 20
+    waste = padding_waste(lengths, batch_size=8, max_length=512, seed=0)
+    assert waste["pad_to_max_length"] > waste["dynamic"] > waste["group_by_length"]
+    assert waste["pack"] < 0.05
 
 
-def test_json_array_files_are_read(tmp_path, tiny_model):
-    path = tmp_path / "train.json"
-    path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]))
-    datamodule = FineTuneDataModule("instruction", str(path), tokenizer=str(tiny_model))
-    datamodule.setup("fit")
-    assert len(datamodule.datasets["train"]) == 2
+def datamodule(tiny_model, train, **kwargs) -> FineTuneDataModule:
+    kwargs.setdefault("format", SHORT)
+    return FineTuneDataModule(train_path=str(train), tokenizer=str(tiny_model), **kwargs)
 
 
-def test_unsupported_or_missing_files_fail_at_construction(tmp_path):
-    with pytest.raises(UserError, match=r"--data.val_path .*data.xml: unsupported file type"):
-        FineTuneDataModule("instruction", val_path=str(tmp_path / "data.xml"))
-    with pytest.raises(UserError, match=r"--data.test_path .*gone.jsonl: no such file"):
-        FineTuneDataModule("instruction", test_path=str(tmp_path / "gone.jsonl"))
+def test_quality_report_counts_planted_problems(tiny_model, tmp_path):
+    base = instruction_rows(12, seed=11)
+    sentence = "the quick brown fox jumps over the lazy dog near the river bank today"
+    planted = [
+        dict(base[0]),                                                          # exact duplicate of row 0
+        {"instruction": "Summarise.", "output": sentence + " again"},
+        {"instruction": "Summarise.", "output": sentence + " again!"},       # near duplicate of the one above
+        {"instruction": "Mail me at jane.doe@example.com", "output": "card 4111 1111 1111 1111 noted"},
+        {"instruction": "Empty answer.", "output": "   "},                      # dropped as empty
+        dict(base[5]),                                                          # also in val: a leak
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", base + planted)
+    val = write_jsonl(tmp_path / "val.jsonl", [base[5], *instruction_rows(3, seed=12)])
+    dm = datamodule(tiny_model, train, val_path=str(val),
+                    quality=QualityRules(near_dedup=True, scrub_pii=True))
+    dm.setup("fit")
+    train_report = dm.report["train"]
+    assert train_report["records"] == 18
+    dropped = train_report["quality"]["dropped"]
+    # base[5] appears twice in train (one copy is an exact duplicate) and once in val: one dedup + one leak.
+    assert (dropped["exact_dedup"], dropped["near_dedup"], dropped["drop_empty"], dropped["leakage"]) == (2, 1, 1, 1)
+    assert train_report["quality"]["pii"] == {"EMAIL": 1, "CREDIT_CARD": 1}
+    assert train_report["examples"] == 18 - 5 == len(dm.datasets["train"])
+    decoded = [dm.get_tokenizer().decode(ids) for ids in dm.datasets["train"]["input_ids"]]
+    assert any("<EMAIL>" in text and "<CREDIT_CARD>" in text for text in decoded)
+
+
+def test_second_setup_reads_the_cache_without_tokenizing(tiny_model, data_dir, monkeypatch):
+    calls = []
+    original = Instruction.encode
+    monkeypatch.setattr(Instruction, "encode", lambda self, record, ctx: calls.append(1) or original(self, record, ctx))
+    first = datamodule(tiny_model, data_dir / "train.jsonl", max_length=99)
+    first.setup("fit")
+    assert len(calls) == 32
+    second = datamodule(tiny_model, data_dir / "train.jsonl", max_length=99)
+    second.setup("fit")
+    assert len(calls) == 32, "the second setup tokenized again"
+    assert second.datasets["train"]["input_ids"] == first.datasets["train"]["input_ids"]
+    datamodule(tiny_model, data_dir / "train.jsonl", max_length=98).setup("fit")  # another setting: a new key
+    assert len(calls) == 64
+
+
+def test_no_label_examples_are_dropped_and_warned(tiny_model, tmp_path):
+    rows = [{"instruction": "word " * 40, "output": "x"}, {"instruction": "Hi", "output": "there"}]
+    dm = datamodule(tiny_model, write_jsonl(tmp_path / "t.jsonl", rows), max_length=16)
+    with pytest.warns(UserWarning, match="dropped 1 examples with no label token"):
+        dm.setup("fit")
+    assert dm.report["train"]["tokens"]["no_label_tokens"] == 1 and len(dm.datasets["train"]) == 1
+
+
+def test_empty_after_filtering_says_which_rule(tiny_model, tmp_path):
+    rows = [{"instruction": "a", "output": ""}, {"instruction": "b", "output": " "}]
+    with pytest.raises(UserError, match="drop_empty removed 2"):
+        datamodule(tiny_model, write_jsonl(tmp_path / "t.jsonl", rows)).setup("fit")
+
+
+def test_label_outside_the_set_names_file_and_line(tiny_model, tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": "good", "label": "pos"}, {"text": "hm", "label": "meh"}])
+    dm = datamodule(tiny_model, path, format="classification", labels=LABELS)
+    with pytest.raises(UserError, match=rf"{path}:2: field 'label': 'meh' is not one of --model.labels"):
+        dm.setup("fit")
+
+
+def test_splits_carved_from_one_file(tiny_model, data_dir):
+    dm = datamodule(tiny_model, data_dir / "cls_train.jsonl", format="classification", labels=LABELS,
+                    split=SplitSpec(val_fraction=0.25, stratify_by="label"))
+    dm.setup("fit")
+    assert dm.report["val"]["records"] == 8 and dm.report["train"]["records"] == 24
+    assert dm.report["val"]["labels"] == {"neg": 4, "pos": 4}  # before dedup: the split itself is stratified
+    dropped = sum(sum(dm.report[name]["quality"]["dropped"].values()) for name in ("train", "val"))
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32 - dropped
+
+
+def test_batching_modes_serve_the_same_examples(tiny_model, data_dir):
+    seen = {}
+    for batching in ("pad", "group_by_length", "pack"):
+        dm = datamodule(tiny_model, data_dir / "train.jsonl", batching=batching, batch_size=4, max_length=128)
+        dm.setup("fit")
+        tokens = []
+        for batch in dm.train_dataloader():
+            tokens += batch["input_ids"][batch["labels"] != IGNORE_INDEX].tolist()
+        seen[batching] = sorted(tokens)
+    # Packing drops the (never predicted) first token's label of each example; all three serve the same targets.
+    assert seen["pad"] == seen["group_by_length"] == seen["pack"]
+
+
+REAL = [
+    ("alpaca_gpt4_en_demo/alpaca_en_demo.json", "instruction", {}),
+    ("code_alpaca_2k/code_alpaca_2k.json", "instruction", {}),
+    ("scitldr_a/train.jsonl", Instruction(instruction_field="source", output_field="target",
+                                          template_no_input="Summarise in one sentence:\n{instruction}\nTLDR: "), {}),
+    ("hh_rlhf_harmless_base_test/test.chosen.messages.jsonl", "chat", {}),
+    ("glaive_toolcall_en_demo/glaive_toolcall_en_demo.json", "chat", {}),
+    ({"neg": "rt_polarity/rt-polarity.neg", "pos": "rt_polarity/rt-polarity.pos"}, "classification",
+     {"labels": LABELS}),
+]
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(tmp_path_factory) -> str:
+    """A BPE tokenizer (8k tokens) trained on a sample of every real set, so lengths are realistic."""
+    texts = []
+    for source, _, _ in REAL:
+        texts += [json.dumps(record) for _, record in read_records(shared_path(source), "--data.train_path")[:600]]
+    return str(build_tiny_llama(tmp_path_factory.mktemp("real") / "model", texts, vocab_size=8000))
+
+
+def shared_path(source):
+    if isinstance(source, dict):
+        return {label: str(SHARED_DATASETS / name) for label, name in source.items()}
+    return str(SHARED_DATASETS / source)
+
+
+@pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets is not on this machine")
+@pytest.mark.parametrize("source,fmt,extra", REAL, ids=["alpaca", "code_alpaca", "scitldr", "hh_rlhf", "glaive",
+                                                        "rt_polarity"])
+def test_real_datasets(real_tokenizer, source, fmt, extra):
+    path = shared_path(source)
+    dm = FineTuneDataModule(fmt, path, tokenizer=real_tokenizer, max_length=1024, batch_size=8, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup("fit")
+    report = dm.report["train"]
+    assert report["examples"] > 0.85 * report["records"]  # real sets hold duplicates (glaive: 35 of 300)
+    first = dm.datasets["train"][0]
+    if dm.format.task == "causal_lm":
+        assert any(label != IGNORE_INDEX for label in first["labels"])
+        assert report["lengths"]["max"] <= 1024
+    else:
+        assert sum(report["labels"].values()) == report["records"] == 10662
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 8
+
+
+def test_data_command_prints_and_writes_the_report(cli, tiny_model, data_dir, tmp_path, capsys):
+    output = tmp_path / "report.json"
+    args = ["data", "--model.model_name_or_path", str(tiny_model), "--data.train_path", str(data_dir / "train.jsonl"),
+            "--data.val_path", str(data_dir / "val.jsonl"), "--output", str(output)]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "rows per rule" in printed and "padding waste" in printed
+    report = json.loads(output.read_text())
+    assert report["train"]["records"] == 32 and report["val"]["records"] == 8
+    assert set(report["train"]["padding_waste"]) == {"pad_to_max_length", "dynamic", "group_by_length", "pack"}

@@ -68,7 +68,8 @@ def setup(tiny_model, data_dir, method, lr, task="causal_lm"):
     datamodule = FineTuneDataModule(
         "classification" if classification else "instruction",
         str(data_dir / ("cls_train.jsonl" if classification else "train.jsonl")),
-        tokenizer=str(tiny_model), labels=LABELS if classification else None, batch_size=8)
+        tokenizer=str(tiny_model), labels=LABELS if classification else None, batch_size=8,
+        batching="pad" if method.supports_packing else "group_by_length")
     module.configure_model()
     datamodule.setup("fit")
     return module, datamodule

@@ -1,147 +1,211 @@
-"""FineTuneDataModule: data files -> encoded examples -> batches, for any registered format."""
+"""FineTuneDataModule: data files -> cleaned, split, tokenized (and cached) examples -> batches."""
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from typing import Literal
 
-import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, RandomSampler
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
 
-from lightning_ft.constants import IGNORE_INDEX
-from lightning_ft.data.collate import pad_collate
+from lightning_ft.data.batching import PackedDataset, SeededSampler, collate, length_grouped_order, pack, padding_waste
 from lightning_ft.data.formats import DataFormat, EncodeContext, resolve_format
-from lightning_ft.data.sources import check_file, read_records
+from lightning_ft.data.pipeline import (
+    DatasetCache,
+    TokenRules,
+    apply_quality,
+    build_report,
+    read_splits,
+    settings_key,
+    tokenize,
+)
+from lightning_ft.data.quality import QualityRules
+from lightning_ft.data.sources import Source, check_source
+from lightning_ft.data.splits import SplitSpec
 from lightning_ft.errors import UserError
 from lightning_ft.loading import load_tokenizer
 
-
-class EpochSeededSampler(RandomSampler):
-    """A shuffle whose order depends only on (seed, number of passes made so far).
-
-    torch's RandomSampler draws its seed from the global RNG, so after a resume the order would depend on
-    whatever else consumed randomness; Lightning's `set_epoch` counter is off by one after resuming from a
-    checkpoint written at the end of an epoch (seen with 2.6). So the sampler counts its own passes, and the
-    DataModule saves that count in the checkpoint. Subclassing RandomSampler keeps Lightning treating the
-    loader as shuffled when it swaps in a DistributedSampler.
-    """
-
-    def __init__(self, data, seed: int, passes: int = 0) -> None:
-        super().__init__(data)
-        self.seed = seed
-        self.passes = passes
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.passes)
-        self.passes += 1
-        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+Batching = Literal["auto", "pad", "group_by_length", "pack"]
+DEFAULT_CACHE = os.environ.get("LIGHTNING_FT_CACHE", "~/.cache/lightning_ft/data")
 
 
 class FineTuneDataModule(LightningDataModule):
-    """Reads train / val / test files in one format and serves padded batches.
+    """Reads train / val / test data in one format, cleans and tokenizes it once (cached), serves batches.
 
     Args:
-        format: "instruction" or "classification", or a format object with its own settings
-            (class_path + init_args, e.g. other field names or a prompt template).
-        train_path / val_path / test_path: data files (.jsonl or .json array); val and test are optional.
+        format: "text", "instruction", "chat" or "classification", or a format object with its own settings
+            (class_path + init_args: field names, prompt or chat template).
+        train_path / val_path / test_path: a file (.jsonl, .json, .csv, .tsv, .parquet, .txt; .gz/.bz2 too), a
+            folder from datasets' save_to_disk, a hub dataset name (online only), or {label: file} (one label
+            per file). val and test are optional; `split` can carve them out of the training file instead.
         tokenizer: tokenizer directory or hub id (set from --model.model_name_or_path).
         labels / num_labels: classes for classification (set from --model.labels / --model.num_labels).
-        max_length: examples are truncated to this many tokens.
-        batch_size: examples per training step per device (effective batch = this x devices x accumulation).
+        max_length: tokens per example (per row when packing).
+        overlong: "truncate" examples over max_length, or "drop" them; either way they are counted.
+        truncation_side: "right" keeps the beginning, "left" keeps the end.
+        train_on_inputs: also put loss on prompt / user tokens (default: responses only).
+        quality: the data-quality rules (each switchable; see QualityRules).
+        split: carve val/test (holdout, stratified, k-fold, time-based) from the training file.
+        batching: "pad" (shuffled, padded to the batch's longest), "group_by_length" (similar lengths batched
+            together), "pack" (several examples per row, attention kept within each), or "auto".
+        pad_to_multiple_of: round padded lengths up (8 suits GPU tensor cores).
+        batch_size: examples (rows, when packing) per step per device.
         eval_batch_size: examples per validation/test step (default: batch_size).
         num_workers: DataLoader worker processes.
-        seed: shuffle seed; the order of the n-th pass over the data depends only on (seed, n).
+        num_proc: tokenization processes (default: all cores above 20,000 records, else one).
+        encoding_errors: "strict" stops at bytes that are not UTF-8; "replace" substitutes U+FFFD and warns.
+        cache_dir: where tokenized datasets are kept, keyed by a fingerprint of data, tokenizer and settings.
+        seed: seed of splits, packing and shuffling; the order of the n-th pass depends only on (seed, n).
     """
 
     def __init__(
         self,
         format: str | DataFormat = "instruction",
-        train_path: str | None = None,
-        val_path: str | None = None,
-        test_path: str | None = None,
+        train_path: Source | None = None,
+        val_path: Source | None = None,
+        test_path: Source | None = None,
         tokenizer: str | None = None,
         labels: list[str] | None = None,
         num_labels: int | None = None,
-        max_length: int = 512,
+        max_length: int = 2048,
+        overlong: Literal["truncate", "drop"] = "truncate",
+        truncation_side: Literal["right", "left"] = "right",
+        train_on_inputs: bool = False,
+        quality: QualityRules = QualityRules(),
+        split: SplitSpec = SplitSpec(),
+        batching: Batching = "auto",
+        pad_to_multiple_of: int | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        num_proc: int | None = None,
+        encoding_errors: Literal["strict", "replace"] = "strict",
+        cache_dir: str = DEFAULT_CACHE,
         seed: int = 42,
     ) -> None:
         super().__init__()
         self.format = resolve_format(format)
-        self.paths = {"train": train_path, "val": val_path, "test": test_path}
-        for split, path in self.paths.items():
-            if path:
-                check_file(path, f"--data.{split}_path")  # fail before the model loads, not after
+        self.sources = {"train": train_path, "val": val_path, "test": test_path}
+        for name, source in self.sources.items():
+            if source:
+                check_source(source, f"--data.{name}_path")  # fail before the model loads, not after
         self.tokenizer_name = tokenizer
         self.labels = labels
         self.num_labels = num_labels
-        self.max_length = max_length
+        self.token_rules = TokenRules(max_length, overlong, truncation_side)
+        self.train_on_inputs = train_on_inputs
+        self.quality = quality
+        self.split = split
+        self.batching = self.resolve_batching(batching)
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.encoding_errors = encoding_errors
+        self.cache_dir = cache_dir
         self.seed = seed
-        self.datasets: dict[str, list[dict]] = {}
         self.tokenizer = None
-        self.train_sampler: EpochSeededSampler | None = None
+        self.datasets = None
+        self.report: dict | None = None
+        self.train_sampler: SeededSampler | None = None
         self.restored_passes = 0  # from a checkpoint, for the next train sampler
 
+    def resolve_batching(self, batching: str) -> str:
+        if self.format.task == "sequence_classification":
+            if batching == "pack":
+                raise UserError("--data.batching pack needs a causal LM format: a classifier reads one text per row")
+            return "group_by_length" if batching == "auto" else batching
+        # Causal LM: packing leaves <5% padding and its block-diagonal mask keeps examples apart, on CPU (sdpa with
+        # a mask) and GPU alike (flash-attention varlen when installed). See BENCHMARKS.md for the measurements.
+        return "pack" if batching == "auto" else batching
+
+    # -- preparing the data ----------------------------------------------------------------------------------
+
+    def encode_context(self) -> EncodeContext:
+        return EncodeContext(self.get_tokenizer(), self.token_rules.max_length, self.labels, self.num_labels,
+                             self.train_on_inputs)
+
+    def get_tokenizer(self):
+        if self.tokenizer is None:
+            if self.tokenizer_name is None:
+                raise UserError("--data.tokenizer is not set (it follows --model.model_name_or_path)")
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        return self.tokenizer
+
+    def cache(self) -> DatasetCache:
+        key = settings_key(self.format, self.sources, self.get_tokenizer(), self.encode_context(), self.token_rules,
+                           self.quality, self.split, self.seed, self.encoding_errors)
+        return DatasetCache(self.cache_dir, key)
+
+    def prepare_data(self) -> None:
+        """Build the tokenized dataset once (rank 0 of each node under DDP), unless the cache has it."""
+        self.load_or_build()
+
     def setup(self, stage: str) -> None:
-        if self.tokenizer_name is None:
-            raise UserError("--data.tokenizer is not set (it follows --model.model_name_or_path)")
-        self.tokenizer = self.tokenizer or load_tokenizer(self.tokenizer_name)
-        ctx = EncodeContext(self.tokenizer, self.max_length, self.labels, self.num_labels)
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
-        if stage == "fit" and not self.paths["train"]:
+        if self.datasets is None:
+            self.datasets, self.report = self.load_or_build()  # other ranks find what rank 0 built
+        if stage == "fit" and "train" not in self.datasets:
             raise UserError("--data.train_path is required to fit")
-        for split in needed:
-            if self.paths[split] and split not in self.datasets:
-                self.datasets[split] = self.encode_file(split, ctx)
 
-    def encode_file(self, split: str, ctx: EncodeContext) -> list[dict]:
-        path, flag = self.paths[split], f"--data.{split}_path"
-        examples, dropped = [], 0
-        for line, record in read_records(path, flag):
-            try:
-                example = self.format.encode(record, ctx)
-            except UserError as err:
-                raise UserError(f"{path}:{line}: {err}") from err
-            if isinstance(example["labels"], list) and all(t == IGNORE_INDEX for t in example["labels"]):
-                dropped += 1  # the prompt fills max_length: nothing left to learn from
-                continue
-            examples.append(example)
-        if dropped:
-            rank_zero_warn(f"{path}: dropped {dropped} examples whose prompt fills max_length={self.max_length}")
-        if not examples:
-            raise UserError(f"{flag} {path}: no usable examples")
-        return examples
+    def load_or_build(self):
+        """(tokenized splits, report) from the cache, or built by the pipeline and cached."""
+        if not self.sources["train"]:
+            raise UserError("--data.train_path is required")
+        cache = self.cache()
+        cached = cache.load()
+        if cached is not None:
+            rank_zero_info(f"data: tokenized cache hit {cache.path}")
+            return cached
+        records, origins = read_splits(self.sources, self.split, self.seed, self.format, self.encoding_errors)
+        cleaned, quality = apply_quality(records, origins, self.format, self.quality, self.seed)
+        tokenized, counts = tokenize(cleaned, origins, self.format, self.encode_context(), self.token_rules,
+                                     self.num_proc)
+        for name, count in counts.items():
+            if count["no_label_tokens"]:
+                rank_zero_warn(f"{origins[name]}: dropped {count['no_label_tokens']} examples with no label token "
+                               f"left (the prompt fills max_length={self.token_rules.max_length}, or no response)")
+        report = build_report(records, quality, counts, tokenized, self.format, origins)
+        lengths = tokenized["train"]["length"]
+        report["train"]["padding_waste"] = padding_waste(lengths, self.batch_size, self.token_rules.max_length,
+                                                         self.seed)
+        report["batching"] = self.batching
+        cache.save(tokenized, report)
+        return cache.load()
 
-    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=partial(pad_collate, pad_token_id=self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-        )
+    # -- batches ---------------------------------------------------------------------------------------------
+
+    def _loader(self, data, batch_size: int, sampler=None) -> DataLoader:
+        pad = self.get_tokenizer().pad_token_id
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=partial(collate, pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of))
 
     def train_dataloader(self) -> DataLoader:
+        data = self.datasets["train"].select_columns(["input_ids", "labels"])
+        order = None
+        if self.batching == "pack":
+            data = PackedDataset(data, pack(self.datasets["train"]["length"], self.token_rules.max_length, self.seed))
+        elif self.batching == "group_by_length":
+            order = length_grouped_order(self.datasets["train"]["length"], self.batch_size)
         passes = self.train_sampler.passes if self.train_sampler else self.restored_passes
-        self.train_sampler = EpochSeededSampler(self.datasets["train"], self.seed, passes)
-        return self._loader("train", self.batch_size, self.train_sampler)
+        self.train_sampler = SeededSampler(data, self.seed, passes, order)
+        return self._loader(data, self.batch_size, self.train_sampler)
+
+    def eval_loader(self, name: str) -> DataLoader:
+        return self._loader(self.datasets[name].select_columns(["input_ids", "labels"]), self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.eval_loader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise UserError("--data.test_path (or --data.split.test_fraction) is required to test")
+        return self.eval_loader("test")
 
     def state_dict(self) -> dict:
         return {"train_passes": self.train_sampler.passes if self.train_sampler else self.restored_passes}
 
     def load_state_dict(self, state: dict) -> None:
         self.restored_passes = state["train_passes"]
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", self.eval_batch_size) if "val" in self.datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        if "test" not in self.datasets:
-            raise UserError("--data.test_path is required to test")
-        return self._loader("test", self.eval_batch_size)

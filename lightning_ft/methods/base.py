@@ -24,6 +24,8 @@ class Method(ABC):
 
     #: True when a checkpoint must hold every weight (full fine-tuning), not just the trainable ones.
     saves_full_model: ClassVar[bool] = False
+    #: False when packed rows (examples told apart only by position ids) would leak between examples.
+    supports_packing: ClassVar[bool] = True
 
     def check(self, *, gradient_checkpointing: bool) -> None:
         """Reject incompatible settings before any weight is loaded."""

@@ -22,6 +22,10 @@ class PrefixTuning(Method):
         encoder_hidden_size: hidden size of that MLP (defaults to the model's hidden size).
     """
 
+    # The prefix enters as a key/value cache, and with a cache transformers no longer derives the block-diagonal
+    # mask of packed rows from their position ids.
+    supports_packing = False
+
     num_virtual_tokens: int = 20
     prefix_projection: bool = False
     encoder_hidden_size: int | None = None

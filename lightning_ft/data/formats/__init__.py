@@ -1,12 +1,16 @@
 """Data formats by name. Adding one: a new file with a `DataFormat` subclass, plus one line in FORMATS."""
 
 from lightning_ft.data.formats.base import IGNORE_INDEX, DataFormat, EncodeContext
+from lightning_ft.data.formats.chat import Chat
 from lightning_ft.data.formats.classification import Classification
 from lightning_ft.data.formats.instruction import Instruction
+from lightning_ft.data.formats.text import Text
 from lightning_ft.errors import UserError
 
 FORMATS: dict[str, type[DataFormat]] = {
+    "text": Text,
     "instruction": Instruction,
+    "chat": Chat,
     "classification": Classification,
 }
 
@@ -20,4 +24,5 @@ def resolve_format(format: str | DataFormat) -> DataFormat:
     return FORMATS[format]()
 
 
-__all__ = ["FORMATS", "IGNORE_INDEX", "DataFormat", "EncodeContext", "Classification", "Instruction", "resolve_format"]
+__all__ = ["FORMATS", "IGNORE_INDEX", "DataFormat", "EncodeContext", "Chat", "Classification", "Instruction", "Text",
+           "resolve_format"]

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.errors import UserError
 
-__all__ = ["IGNORE_INDEX", "DataFormat", "EncodeContext", "field"]
+__all__ = ["IGNORE_INDEX", "DataFormat", "EncodeContext", "encode_segments", "field"]
 
 
 @dataclass
@@ -19,16 +19,28 @@ class EncodeContext:
     """What every format may need besides the record itself."""
 
     tokenizer: PreTrainedTokenizerBase
-    max_length: int
+    max_length: int  # classification truncates itself (text pairs need the tokenizer's pair logic)
     labels: list[str] | None = None  # class names, for classification
     num_labels: int | None = None
+    train_on_inputs: bool = False  # loss on prompt tokens too, not only on responses
 
 
 class DataFormat(ABC):
-    """Turns a record (a dict read from a data file) into `input_ids` and `labels`; subclasses are dataclasses."""
+    """Turns a record (a dict read from a data file) into `input_ids` and `labels`; subclasses are dataclasses.
+
+    Causal-LM formats return the whole example (EOS included); the pipeline truncates or drops over-long ones.
+    """
 
     #: The model task this format trains: "causal_lm" or "sequence_classification".
     task: ClassVar[str]
+
+    @abstractmethod
+    def text_fields(self) -> list[str]:
+        """The record fields holding text: the quality rules normalise, scrub and deduplicate these."""
+
+    def key_fields(self) -> list[str]:
+        """Further fields that make two records different (a label), never rewritten by the quality rules."""
+        return []
 
     @abstractmethod
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
@@ -36,11 +48,32 @@ class DataFormat(ABC):
 
 
 def field(record: dict, name: str, *, optional: bool = False) -> str:
-    """The string value of `record[name]`; a missing or non-string required field is a UserError."""
+    """The text of `record[name]` (a list of strings, as SciTLDR stores sentences, is joined with spaces)."""
     value = record.get(name)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
     if value is None and optional:
         return ""
     if not isinstance(value, str):
-        problem = "missing" if value is None else f"not a string ({type(value).__name__})"
-        raise UserError(f"field '{name}' is {problem}")
+        if name not in record:
+            raise UserError(f"field '{name}' is missing (fields there: {', '.join(sorted(record)) or 'none'})")
+        raise UserError(f"field '{name}' is {'empty' if value is None else f'not text ({type(value).__name__})'}")
     return value
+
+
+def encode_segments(segments: list[tuple[str, bool]], ctx: EncodeContext) -> dict:
+    """Token ids of the joined segments, plus EOS; a segment's tokens carry labels if it is trained on.
+
+    Segments are tokenized apart, as generation sees them (the prompt alone, then the answer), so the loss mask
+    falls exactly on the trained segments' tokens. Only the first segment gets the tokenizer's special tokens (BOS).
+    """
+    tokenizer = ctx.tokenizer
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for position, (text, trained) in enumerate(segments):
+        ids = tokenizer(text, add_special_tokens=position == 0)["input_ids"]
+        input_ids += ids
+        labels += ids if trained or ctx.train_on_inputs else [IGNORE_INDEX] * len(ids)
+    input_ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    return {"input_ids": input_ids, "labels": labels}

@@ -13,7 +13,7 @@ class Classification(DataFormat):
     """Records with a text (optionally a second text) and a label, given by name or by class id.
 
     Args:
-        text_field: the text to classify.
+        text_field: the text to classify (one label per file: sources read as {label: file} put it in "text").
         text_pair_field: a second text (e.g. the hypothesis in NLI); None for single texts.
         label_field: the label: one of `--model.labels` by name, or an integer class id.
     """
@@ -24,6 +24,12 @@ class Classification(DataFormat):
     text_pair_field: str | None = None
     label_field: str = "label"
 
+    def text_fields(self) -> list[str]:
+        return [self.text_field] + ([self.text_pair_field] if self.text_pair_field else [])
+
+    def key_fields(self) -> list[str]:
+        return [self.label_field]
+
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         text = field(record, self.text_field)
         pair = field(record, self.text_pair_field) if self.text_pair_field else None
@@ -32,6 +38,8 @@ class Classification(DataFormat):
 
     def label_id(self, value, ctx: EncodeContext) -> int:
         count = len(ctx.labels) if ctx.labels else ctx.num_labels
+        if isinstance(value, str) and value.strip().isdigit() and not (ctx.labels and value in ctx.labels):
+            value = int(value)  # CSV/TSV cells are text: "1" is class id 1
         if isinstance(value, str) and ctx.labels:
             if value not in ctx.labels:
                 raise UserError(f"field '{self.label_field}': '{value}' is not one of --model.labels {ctx.labels}")

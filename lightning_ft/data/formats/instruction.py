@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_ft.data.formats.base import IGNORE_INDEX, DataFormat, EncodeContext, field
+from lightning_ft.data.formats.base import DataFormat, EncodeContext, encode_segments, field
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -21,6 +21,8 @@ ALPACA_TEMPLATE_NO_INPUT = (
 class Instruction(DataFormat):
     """Records like {"instruction": ..., "input": ..., "output": ...}; the prompt's tokens carry no loss.
 
+    Also text-to-text data: point the fields elsewhere (SciTLDR: instruction_field=source, output_field=target).
+
     Args:
         instruction_field / input_field / output_field: names of the three fields in the records.
         template: prompt for records with an input; placeholders {instruction} and {input}.
@@ -35,6 +37,9 @@ class Instruction(DataFormat):
     template: str = ALPACA_TEMPLATE
     template_no_input: str = ALPACA_TEMPLATE_NO_INPUT
 
+    def text_fields(self) -> list[str]:
+        return [self.instruction_field, self.output_field]  # input is optional: an empty one is normal
+
     def prompt(self, record: dict) -> str:
         instruction = field(record, self.instruction_field)
         extra = field(record, self.input_field, optional=True)
@@ -42,11 +47,4 @@ class Instruction(DataFormat):
         return template.format(instruction=instruction, input=extra)
 
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
-        tokenizer = ctx.tokenizer
-        # Prompt and response are tokenized apart so the loss mask falls exactly on the response's tokens.
-        prompt_ids = tokenizer(self.prompt(record))["input_ids"]
-        response_ids = tokenizer(field(record, self.output_field), add_special_tokens=False)["input_ids"]
-        response_ids = response_ids + [tokenizer.eos_token_id]
-        input_ids = (prompt_ids + response_ids)[: ctx.max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[: ctx.max_length]
-        return {"input_ids": input_ids, "labels": labels}
+        return encode_segments([(self.prompt(record), False), (field(record, self.output_field), True)], ctx)

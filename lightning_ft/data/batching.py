@@ -1,0 +1,147 @@
+"""How examples become batches: shuffled or length-grouped order, dynamic padding, and packing.
+
+Packing puts several examples in one row with position ids restarting at 0 for each; given position ids and no
+attention mask, transformers builds a block-diagonal mask (sdpa/eager; flash-attention varlen on GPU), so no
+example attends to another. The first token of each packed example gets no label: in the row it would be
+"predicted" from the previous example's last token.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset, RandomSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from lightning_ft.constants import IGNORE_INDEX
+
+
+class SeededSampler(RandomSampler):
+    """Example order that depends only on (seed, number of passes made so far).
+
+    torch's RandomSampler draws its seed from the global RNG, so after a resume the order would depend on
+    whatever else consumed randomness; Lightning's `set_epoch` counter is off by one after resuming from a
+    checkpoint written at the end of an epoch (seen with 2.6). So the sampler counts its own passes, and the
+    DataModule saves that count in the checkpoint. Subclassing RandomSampler keeps Lightning treating the
+    loader as shuffled when it swaps in a DistributedSampler.
+    """
+
+    def __init__(self, data, seed: int, passes: int = 0, order: Callable[[torch.Generator], list[int]] | None = None):
+        super().__init__(data)
+        self.seed = seed
+        self.passes = passes
+        self.order = order or (lambda generator: torch.randperm(len(data), generator=generator).tolist())
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.passes)
+        self.passes += 1
+        return iter(self.order(generator))
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int) -> Callable[[torch.Generator], list[int]]:
+    """Shuffled mega-batches of 50 batches, sorted by length inside (transformers' group_by_length)."""
+    return lambda generator: get_length_grouped_indices(list(lengths), batch_size, generator=generator)
+
+
+def pack(lengths: Sequence[int], max_length: int, seed: int) -> list[list[int]]:
+    """Rows of example indices whose lengths sum to at most max_length, filled best-fit in a seeded random order.
+
+    Best fit (each example goes to the fullest row it still fits in) wastes far less than filling rows in order,
+    and the random order keeps rows from being sorted by length. Every example lands in exactly one row.
+    """
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row number), sorted
+    for index in order:
+        slot = bisect.bisect_left(free, (lengths[index], -1))
+        if slot == len(free):
+            rows.append([index])
+            room, row = max_length - lengths[index], len(rows) - 1
+        else:
+            room, row = free.pop(slot)
+            rows[row].append(index)
+            room -= lengths[index]
+        bisect.insort(free, (room, row))
+    return rows
+
+
+class PackedDataset(Dataset):
+    """Rows of several tokenized examples, concatenated, with per-example position ids."""
+
+    def __init__(self, examples, rows: list[list[int]]) -> None:
+        self.examples = examples
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        input_ids, labels, position_ids = [], [], []
+        for example_index in self.rows[index]:
+            example = self.examples[example_index]
+            input_ids += example["input_ids"]
+            labels += [IGNORE_INDEX] + example["labels"][1:]
+            position_ids += range(len(example["input_ids"]))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of the batch (rounded up to a multiple, for tensor cores).
+
+    Packed rows carry position_ids and get no attention mask (that is what makes transformers build the
+    block-diagonal mask); their padding is one more "example" with its own positions and no labels.
+    Hand-written rather than transformers' collators: those need one class for token labels and another for
+    class ids, and none produces the packed layout.
+    """
+    width = max(len(e["input_ids"]) for e in examples)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    packed = "position_ids" in examples[0]
+    batch = {"input_ids": torch.full((len(examples), width), pad_token_id, dtype=torch.long)}
+    if packed:
+        batch["position_ids"] = torch.zeros((len(examples), width), dtype=torch.long)
+    else:
+        batch["attention_mask"] = torch.zeros((len(examples), width), dtype=torch.long)
+    token_labels = isinstance(examples[0]["labels"], list)
+    if token_labels:
+        batch["labels"] = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        batch["input_ids"][row, :n] = torch.tensor(example["input_ids"])
+        if token_labels:
+            batch["labels"][row, :n] = torch.tensor(example["labels"])
+        if packed:
+            batch["position_ids"][row, :n] = torch.tensor(example["position_ids"])
+            batch["position_ids"][row, n:] = torch.arange(width - n)
+        else:
+            batch["attention_mask"][row, :n] = 1
+    if not token_labels:
+        batch["labels"] = torch.tensor([e["labels"] for e in examples])
+    return batch
+
+
+def padding_waste(lengths: Sequence[int], batch_size: int, max_length: int, seed: int) -> dict[str, float]:
+    """Share of pad tokens among all tokens in one pass, for each way of batching the same examples."""
+
+    def waste(batches: list[list[int]], width=None) -> float:
+        real = sum(sum(batch) for batch in batches)
+        total = sum(len(batch) * (width or max(batch)) for batch in batches)
+        return round(1 - real / total, 4) if total else 0.0
+
+    def batched(values: list[int]) -> list[list[int]]:
+        return [values[i : i + batch_size] for i in range(0, len(values), batch_size)]
+
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = [lengths[i] for i in torch.randperm(len(lengths), generator=generator).tolist()]
+    grouped = [lengths[i] for i in get_length_grouped_indices(list(lengths), batch_size, generator=generator)]
+    rows = [sum(lengths[i] for i in row) for row in pack(lengths, max_length, seed)]
+    return {
+        "pad_to_max_length": waste(batched(shuffled), width=max_length),
+        "dynamic": waste(batched(shuffled)),
+        "group_by_length": waste(batched(grouped)),
+        "pack": waste(batched(rows)),
+    }

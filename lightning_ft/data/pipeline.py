@@ -1,0 +1,207 @@
+"""The data pipeline that `fit` and `lightning-ft data` share.
+
+sources -> records -> (carve splits) -> quality rules per split -> train/val/test leak removal -> rebalance
+-> tokens (format + truncation/drop + label check) -> an on-disk cache keyed by everything that shaped it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+
+from lightning_ft.constants import IGNORE_INDEX
+from lightning_ft.data.formats import DataFormat, EncodeContext
+from lightning_ft.data.quality import QualityReport, QualityRules, clean, label_distribution, rebalance, remove_leaks
+from lightning_ft.data.sources import Record, Source, fingerprint, read_records
+from lightning_ft.data.splits import SplitSpec, carve
+from lightning_ft.errors import UserError
+
+SPLITS = ("train", "val", "test")
+PIPELINE_VERSION = 1  # bump when a change here alters what a cached dataset would hold
+
+
+@dataclass
+class TokenRules:
+    """What happens to examples after the format tokenized them."""
+
+    max_length: int
+    overlong: str = "truncate"  # "truncate" or "drop" examples longer than max_length
+    truncation_side: str = "right"  # which end loses tokens on truncation
+
+
+def cache_key(parts: dict) -> str:
+    """A digest of everything that shapes the tokenized data (sources' bytes, tokenizer, format, rules, seed)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:24]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    try:
+        vocabulary = tokenizer.backend_tokenizer.to_str()
+    except AttributeError:  # a tokenizer without a Rust backend
+        vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([tokenizer.chat_template, tokenizer.special_tokens_map], default=str)
+    return hashlib.sha256((vocabulary + extra).encode()).hexdigest()
+
+
+def read_splits(
+    sources: dict[str, Source | None], split: SplitSpec, seed: int, fmt: DataFormat, encoding_errors: str
+) -> tuple[dict[str, list[Record]], dict[str, str]]:
+    """Records per split, from their own files or carved out of the training file; and where each came from."""
+    field_names = {"label_field": getattr(fmt, "label_field", "label"), "text_field": getattr(fmt, "text_field", "text")}
+    records, origins = {}, {}
+    for name in SPLITS:
+        if sources.get(name):
+            records[name] = read_records(sources[name], f"--data.{name}_path", encoding_errors=encoding_errors,
+                                         **field_names)
+            origins[name] = sources[name] if isinstance(sources[name], str) else f"--data.{name}_path"
+    if split.active():
+        taken = [name for name in ("val", "test") if name in records]
+        if taken:
+            raise UserError(f"--data.split carves val/test from the training file; drop --data.{taken[0]}_path or the split")
+        records = carve(records["train"], split, seed)
+        origins = {name: origins["train"] for name in records}
+    return records, origins
+
+
+def apply_quality(records: dict[str, list[Record]], origins: dict[str, str], fmt: DataFormat, rules: QualityRules,
+                  seed: int) -> tuple[dict[str, list[Record]], dict[str, QualityReport]]:
+    """Clean every split, then remove train records leaked into val/test, then rebalance labels of train."""
+    reports = {name: QualityReport() for name in records}
+    # A format may list alternative fields (chat: messages or conversations): check those the data has.
+    fields = [f for f in fmt.text_fields() if any(f in r for _, r in next(iter(records.values())))]
+    fields = fields or fmt.text_fields()
+    cleaned = {name: clean(split, fields, rules, reports[name], source=origins[name], key_fields=fmt.key_fields())
+               for name, split in records.items()}
+    others = [cleaned[name] for name in ("val", "test") if name in cleaned]
+    cleaned["train"] = remove_leaks(cleaned["train"], others, fields, rules, reports["train"],
+                                    key_fields=fmt.key_fields())
+    label_field = getattr(fmt, "label_field", None)
+    if label_field and rules.rebalance != "none":
+        cleaned["train"] = rebalance(cleaned["train"], label_field, rules.rebalance, seed, reports["train"])
+    if not cleaned["train"]:
+        raise UserError(f"{origins['train']}: no training records left after the quality rules "
+                        f"({json.dumps(reports['train'].dropped)})")
+    return cleaned, reports
+
+
+def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
+    """Apply the length rule and check a label is left; returns the example (or None) and what happened."""
+    ids, labels = example["input_ids"], example["labels"]
+    status = "kept"
+    if len(ids) > rules.max_length:
+        if rules.overlong == "drop":
+            return None, "overlong_dropped"
+        cut = slice(0, rules.max_length) if rules.truncation_side == "right" else slice(len(ids) - rules.max_length, None)
+        ids = ids[cut]
+        labels = labels[cut] if isinstance(labels, list) else labels
+        status = "truncated"
+    # The first token is never predicted (nothing precedes it), so it cannot carry the only label.
+    if isinstance(labels, list) and all(t == IGNORE_INDEX for t in labels[1:]):
+        return None, "no_label_tokens"
+    return {"input_ids": ids, "labels": labels}, status
+
+
+def tokenize(records: dict[str, list[Record]], origins: dict[str, str], fmt: DataFormat, ctx: EncodeContext,
+             rules: TokenRules, num_proc: int | None) -> tuple[datasets.DatasetDict, dict[str, dict[str, int]]]:
+    """Encode every split with `datasets.map` (several processes for large data); count what the token rules did."""
+    result, counts = {}, {}
+    for name, split in records.items():
+
+        def encode(row: dict, split=split, origin=origins[name]) -> dict:
+            line, record = split[row["index"]]
+            try:
+                example, status = finish_example(fmt.encode(record, ctx), rules)
+            except UserError as err:
+                raise UserError(f"{origin}:{line}: {err}") from err
+            example = example or {"input_ids": [], "labels": [] if fmt.task == "causal_lm" else -1}
+            return {**example, "length": len(example["input_ids"]), "status": status, "line": line}
+
+        processes = num_proc if num_proc is not None else (os.cpu_count() if len(split) > 20_000 else None)
+        # new_fingerprint: our own cache keys the result, and hashing the closure (records, tokenizer) is slow.
+        encoded = datasets.Dataset.from_dict({"index": list(range(len(split)))}).map(
+            encode, remove_columns=["index"], num_proc=processes, desc=f"tokenizing {name}",
+            new_fingerprint=uuid.uuid4().hex,
+        )
+        statuses = encoded["status"]
+        counts[name] = {s: statuses.count(s) for s in ("kept", "truncated", "overlong_dropped", "no_label_tokens")}
+        result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
+        if len(result[name]) == 0:
+            raise UserError(f"{origin_of(name, origins)}: no {name} examples left after tokenization "
+                            f"({json.dumps(counts[name])}, max_length={rules.max_length})")
+    return datasets.DatasetDict(result), counts
+
+
+def origin_of(name: str, origins: dict[str, str]) -> str:
+    return origins.get(name, f"--data.{name}_path")
+
+
+def length_summary(lengths: list[int]) -> dict[str, float]:
+    ordered = sorted(lengths)
+
+    def percentile(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"examples": len(ordered), "tokens": sum(ordered), "mean": round(sum(ordered) / len(ordered), 1),
+            "p50": percentile(0.5), "p90": percentile(0.9), "p99": percentile(0.99), "max": ordered[-1]}
+
+
+def build_report(records, quality, token_counts, tokenized, fmt: DataFormat, origins) -> dict:
+    """Everything the `data` command shows and writes: per split, rows in/out per rule, labels, lengths."""
+    report = {}
+    label_field = getattr(fmt, "label_field", None)
+    for name in tokenized:
+        entry = {
+            "source": str(origins[name]),
+            "records": len(records[name]),
+            "quality": quality[name].to_dict(),
+            "tokens": token_counts[name],
+            "examples": len(tokenized[name]),
+            "lengths": length_summary(tokenized[name]["length"]),
+        }
+        if label_field:
+            entry["labels"] = label_distribution(records[name], label_field)
+        report[name] = entry
+    return report
+
+
+class DatasetCache:
+    """Tokenized splits and their report on disk, under a key; written whole or not at all."""
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.path = Path(root).expanduser() / key
+
+    def load(self) -> tuple[datasets.DatasetDict, dict] | None:
+        if not (self.path / "report.json").is_file():
+            return None
+        return datasets.load_from_disk(str(self.path / "data")), json.loads((self.path / "report.json").read_text())
+
+    def save(self, data: datasets.DatasetDict, report: dict) -> None:
+        staging = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        data.save_to_disk(str(staging / "data"))
+        (staging / "report.json").write_text(json.dumps(report, indent=2))
+        shutil.rmtree(self.path, ignore_errors=True)
+        staging.rename(self.path)  # atomic: a reader sees the old entry, or none, or the new one
+
+
+def settings_key(fmt, sources, tokenizer, ctx: EncodeContext, tokens: TokenRules, quality: QualityRules,
+                 split: SplitSpec, seed: int, encoding_errors: str) -> str:
+    return cache_key({
+        "version": PIPELINE_VERSION,
+        "format": repr(fmt),
+        "sources": {name: fingerprint(source) for name, source in sources.items() if source},
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "labels": [ctx.labels, ctx.num_labels, ctx.train_on_inputs, ctx.max_length],
+        "tokens": asdict(tokens),
+        "quality": asdict(quality),
+        "split": asdict(split),
+        "seed": seed,
+        "encoding_errors": encoding_errors,
+    })

@@ -1,0 +1,362 @@
+"""Data-quality rules run on records before tokenisation: normalisation, empties, PII, duplicates, leakage, balance."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Literal
+
+from datasketch import MinHash, MinHashLSH
+
+from lightning_ft.data.sources import Record
+from lightning_ft.errors import UserError
+
+NUM_PERM = 128
+MINHASH_SEED = 1
+MAX_EXAMPLES = 5
+
+_ZERO_WIDTH = re.compile("[\u200b-\u200d\ufeff]")
+_NEWLINES = re.compile("\r\n?|[\u2028\u2029]")
+_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_LEADING_BLANK_LINES = re.compile(r"\A\s*\n")
+_WORD = re.compile(r"\w+")
+
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+_CARD = re.compile(r"(?<!\w)(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![ -]?\d)(?!\w)")
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.\d)")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
+_PHONE = re.compile(
+    r"(?<![\w+])(?<!\d[.-])"
+    r"(?:\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}"  # international: +49 30 1234567, +1 (555) 123-4567
+    r"|(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4})"  # (555) 123-4567, 555-123-4567, 555.123.4567
+    r"(?!\w)(?![-.]\d)"
+)
+
+
+@dataclass
+class QualityRules:
+    """Which quality rules run on the data files; each is a `--data.quality.<name>` flag.
+
+    Args:
+        normalize_unicode: NFC-normalise every string and remove zero-width characters (U+200B-U+200D, U+FEFF).
+        normalize_whitespace: \\r\\n and \\r become \\n, odd spaces (no-break, em, ...) a plain space, and the ends of
+            each string are stripped; inner newlines and indentation are kept (multi-line text keeps the first
+            line's indentation too, as it may be code).
+        drop_empty: drop records with a text field that is missing, None, or empty/whitespace-only.
+        exact_dedup: drop records whose text fields (after normalisation) and key fields equal an earlier record's.
+        near_dedup: drop records whose MinHash Jaccard similarity to an earlier kept record is >= near_dedup_threshold.
+        near_dedup_threshold: similarity (0-1] above which two records count as near-duplicates.
+        scrub_pii: replace e-mails, phone numbers, Luhn-valid card numbers and IP addresses by <EMAIL>, <PHONE>,
+            <CREDIT_CARD> and <IP_ADDRESS>.
+        leakage_check: remove train records that exactly or nearly (>= leakage_threshold) equal a val/test record.
+        leakage_threshold: similarity (0-1] above which a train record counts as leaked.
+        rebalance: balance the labels of the train split (classification): "none", "downsample" every label to the
+            rarest one's count, or "upsample" every label to the commonest one's count (seeded).
+    """
+
+    normalize_unicode: bool = True
+    normalize_whitespace: bool = True
+    drop_empty: bool = True
+    exact_dedup: bool = True
+    near_dedup: bool = False
+    near_dedup_threshold: float = 0.85
+    scrub_pii: bool = False
+    leakage_check: bool = True
+    leakage_threshold: float = 0.85
+    rebalance: Literal["none", "downsample", "upsample"] = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("near_dedup_threshold", "leakage_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise UserError(f"--data.quality.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.rebalance not in ("none", "downsample", "upsample"):
+            raise UserError(f"--data.quality.rebalance must be none, downsample or upsample, got {self.rebalance!r}")
+
+
+@dataclass
+class QualityReport:
+    """What the rules did, for the run summary: counts per rule and a few line numbers to look at.
+
+    `dropped` and `modified` count records per rule ("rebalance" in `modified` counts the copies upsampling added),
+    `pii` counts replacements per placeholder type, `examples` keeps up to 5 line numbers per rule.
+    """
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    pii: dict[str, int] = field(default_factory=dict)
+    modified: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def note(self, counts: dict[str, int], rule: str, numbers: Sequence[int]) -> None:
+        """Add `numbers` (line numbers of affected records) to `counts[rule]` and to the examples."""
+        counts[rule] = counts.get(rule, 0) + len(numbers)
+        if numbers:
+            examples = self.examples.setdefault(rule, [])
+            examples.extend(numbers[: MAX_EXAMPLES - len(examples)])
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a card number (spaces and dashes allowed) passes the Luhn checksum.
+
+    Card numbers carry this check digit, so most random 13-19 digit runs (ids, amounts) are not taken for one.
+    """
+    number = re.sub(r"[ -]", "", digits)
+    if len(number) < 2 or not (number.isascii() and number.isdigit()):
+        return False
+    doubled = (int(d) * 2 - 9 if int(d) > 4 else int(d) * 2 for d in number[-2::-2])
+    return (sum(int(d) for d in number[::-2]) + sum(doubled)) % 10 == 0
+
+
+def _is_ip(text: str, min_groups: int = 0) -> bool:
+    # IPv6 needs three groups, so that code such as a[1::2] or a C++ `::` is not taken for an address.
+    try:
+        return len(re.findall(r"[0-9A-Fa-f]+", text)) >= min_groups and ipaddress.ip_address(text) is not None
+    except ValueError:
+        return False
+
+
+_PII_RULES: tuple[tuple[str, re.Pattern, Callable[[str], bool]], ...] = (
+    ("EMAIL", _EMAIL, lambda text: True),
+    ("CREDIT_CARD", _CARD, luhn_valid),  # before phones, so a card number is not taken for one
+    ("IP_ADDRESS", _IPV6, lambda text: _is_ip(text, min_groups=3)),
+    ("IP_ADDRESS", _IPV4, _is_ip),
+    ("PHONE", _PHONE, lambda text: 7 <= sum(c.isdigit() for c in text) <= 15),
+)
+
+
+def scrub_pii(text: str) -> tuple[str, Counter]:
+    """The text with e-mails, card numbers, IP addresses and phone numbers replaced, and the count per type.
+
+    Candidates are found by pattern and then validated (Luhn, `ipaddress`, digit count), to keep false hits rare.
+    """
+    counts: Counter = Counter()
+    for kind, pattern, valid in _PII_RULES:
+        text = pattern.sub(partial(_placeholder, kind=kind, valid=valid, counts=counts), text)
+    return text, counts
+
+
+def _placeholder(match: re.Match, kind: str, valid: Callable[[str], bool], counts: Counter) -> str:
+    if not valid(match.group()):
+        return match.group()
+    counts[kind] += 1
+    return f"<{kind}>"
+
+
+def _normalize_unicode(text: str) -> str:
+    return unicodedata.normalize("NFC", _ZERO_WIDTH.sub("", text))
+
+
+def _normalize_whitespace(text: str) -> str:
+    text = _ODD_SPACES.sub(" ", _NEWLINES.sub("\n", text))
+    if "\n" in text.strip():  # may be code: keep the first line's indentation
+        return _LEADING_BLANK_LINES.sub("", text).rstrip()
+    return text.strip()
+
+
+def _map_strings(value, fn: Callable[[str], str]):
+    """`value` with `fn` applied to every string in it (chat fields are lists of dicts); other values kept."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(item, fn) for item in value]
+    if isinstance(value, dict):
+        return {key: _map_strings(item, fn) for key, item in value.items()}
+    return value
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [text for item in items for text in _strings(item)]
+
+
+def _has_text(value) -> bool:
+    if isinstance(value, (str, list, dict)):
+        return any(text.strip() for text in _strings(value))
+    return value is not None
+
+
+def _rewrite(records: list[Record], fields: Sequence[str], fn: Callable[[str], str], rule: str,
+             report: QualityReport) -> list[Record]:
+    """The records with `fn` applied to the strings of their text fields; changed ones are new dicts."""
+    out, changed = [], []
+    for number, record in records:
+        new = {**record, **{name: _map_strings(record[name], fn) for name in fields if name in record}}
+        if new != record:
+            changed.append(number)
+        out.append((number, new if new != record else record))
+    report.note(report.modified, rule, changed)
+    return out
+
+
+def _filter(records: list[Record], keep: list[bool], rule: str, report: QualityReport,
+            removed: dict[str, int]) -> list[Record]:
+    report.note(report.dropped, rule, [number for (number, _), kept in zip(records, keep) if not kept])
+    removed[rule] = keep.count(False)
+    return [record for record, kept in zip(records, keep) if kept]
+
+
+def _key(record: dict, fields: Sequence[str], key_fields: Sequence[str]) -> str:
+    return json.dumps({name: record.get(name) for name in (*fields, *key_fields)}, sort_keys=True, default=str)
+
+
+def _minhashes(records: list[Record], fields: Sequence[str]) -> list[MinHash]:
+    """One MinHash per record, over word 3-grams of its lower-cased text (single words/characters if shorter)."""
+    shingle_sets = []
+    for _, record in records:
+        text = "\n".join(text for name in fields for text in _strings(record.get(name))).lower()
+        words = _WORD.findall(text)
+        grams = {" ".join(words[i : i + 3]) for i in range(len(words) - 2)} or set(words) or set(text.strip())
+        shingle_sets.append([gram.encode("utf-8") for gram in grams])
+    return MinHash.bulk(shingle_sets, num_perm=NUM_PERM, seed=MINHASH_SEED)
+
+
+def _lsh(threshold: float) -> MinHashLSH:
+    # LSH only proposes candidates (checked against `threshold` after); a lower LSH threshold misses fewer of them.
+    return MinHashLSH(threshold=0.7 * threshold, num_perm=NUM_PERM)
+
+
+def _first_of_near_duplicates(records: list[Record], fields: Sequence[str], threshold: float) -> list[bool]:
+    index, kept, keep = _lsh(threshold), {}, []
+    for i, minhash in enumerate(_minhashes(records, fields)):
+        duplicate = any(minhash.jaccard(kept[j]) >= threshold for j in index.query(minhash))
+        if not duplicate:
+            index.insert(i, minhash)
+            kept[i] = minhash
+        keep.append(not duplicate)
+    return keep
+
+
+def _normalize(records: list[Record], fields: Sequence[str], rules: QualityRules, report: QualityReport
+               ) -> list[Record]:
+    if rules.normalize_unicode:
+        records = _rewrite(records, fields, _normalize_unicode, "normalize_unicode", report)
+    if rules.normalize_whitespace:
+        records = _rewrite(records, fields, _normalize_whitespace, "normalize_whitespace", report)
+    return records
+
+
+def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport) -> list[Record]:
+    counts: Counter = Counter()
+
+    def scrub_and_count(text: str) -> str:
+        scrubbed, found = scrub_pii(text)
+        counts.update(found)
+        return scrubbed
+
+    records = _rewrite(records, fields, scrub_and_count, "scrub_pii", report)
+    for kind, count in sorted(counts.items()):
+        report.pii[kind] = report.pii.get(kind, 0) + count
+    return records
+
+
+def clean(records: list[Record], fields: Sequence[str], rules: QualityRules, report: QualityReport, *, source: str,
+          key_fields: Sequence[str] = ()) -> list[Record]:
+    """The records after normalise -> drop_empty -> scrub_pii -> exact_dedup -> near_dedup; counts go to `report`.
+
+    A text field in no record is a misconfiguration, and an empty result would only fail later, so both raise.
+    """
+    if not records:
+        return []
+    for name in fields:
+        if not any(name in record for _, record in records):
+            raise UserError(f"{source}: field '{name}' is in no record; fields there: {sorted(records[0][1])}")
+    removed: dict[str, int] = {}
+    records = _normalize(records, fields, rules, report)
+    if rules.drop_empty:
+        keep = [all(_has_text(record.get(name)) for name in fields) for _, record in records]
+        records = _filter(records, keep, "drop_empty", report, removed)
+    if rules.scrub_pii:
+        records = _scrub(records, fields, report)
+    if rules.exact_dedup:
+        keys = [_key(record, fields, key_fields) for _, record in records]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        keep = [first[key] == i for i, key in enumerate(keys)]
+        records = _filter(records, keep, "exact_dedup", report, removed)
+    if rules.near_dedup:
+        keep = _first_of_near_duplicates(records, fields, rules.near_dedup_threshold)
+        records = _filter(records, keep, "near_dedup", report, removed)
+    if not records:
+        summary = ", ".join(f"{rule} removed {count}" for rule, count in removed.items() if count)
+        raise UserError(f"{source}: no records left after the quality rules ({summary})")
+    return records
+
+
+def remove_leaks(train: list[Record], others: Sequence[list[Record]], fields: Sequence[str], rules: QualityRules,
+                 report: QualityReport, *, key_fields: Sequence[str] = ()) -> list[Record]:
+    """The train records that do not equal (after normalisation) or nearly equal a record of the other splits.
+
+    A val/test example also seen in training inflates the scores; removals count under dropped["leakage"].
+    """
+    if not rules.leakage_check:
+        return train
+    scratch = QualityReport()  # the normalised copies only serve for comparison; the caller reports its own
+    held_out = _normalize([record for split in others for record in split], fields, rules, scratch)
+    held_keys = {_key(record, fields, key_fields) for _, record in held_out}
+    held_hashes = _minhashes(held_out, fields)
+    index = _lsh(rules.leakage_threshold)
+    with index.insertion_session() as session:
+        for i, minhash in enumerate(held_hashes):
+            session.insert(i, minhash)
+    normal_train = _normalize(train, fields, rules, scratch)
+    keep = [
+        _key(record, fields, key_fields) not in held_keys
+        and not any(minhash.jaccard(held_hashes[j]) >= rules.leakage_threshold for j in index.query(minhash))
+        for (_, record), minhash in zip(normal_train, _minhashes(normal_train, fields))
+    ]
+    return _filter(train, keep, "leakage", report, {})
+
+
+def _label(record: Record, label_field: str) -> str:
+    number, item = record
+    if label_field not in item:
+        raise UserError(f"record {number}: no '{label_field}' field, which balancing the labels needs")
+    return str(item[label_field])
+
+
+def label_distribution(records: list[Record], label_field: str) -> dict[str, int]:
+    """How many records carry each label (as a string), sorted by label, for the run summary."""
+    return dict(sorted(Counter(_label(record, label_field) for record in records).items()))
+
+
+def rebalance(records: list[Record], label_field: str, mode: str, seed: int, report: QualityReport) -> list[Record]:
+    """The records with every label downsampled to the rarest label's count or upsampled to the commonest's.
+
+    A skewed train split teaches the majority label; choices come from random.Random(seed), and the records keep
+    their order (an upsampled copy follows its original). Removed records count under dropped["rebalance"], added
+    copies under modified["rebalance"].
+    """
+    if mode == "none" or not records:
+        return records
+    if mode not in ("downsample", "upsample"):
+        raise UserError(f"--data.quality.rebalance must be none, downsample or upsample, got {mode!r}")
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_label.setdefault(_label(record, label_field), []).append(i)
+    sizes = [len(indices) for indices in by_label.values()]
+    target = min(sizes) if mode == "downsample" else max(sizes)
+    copies = [1] * len(records)  # how often each record appears in the result
+    for label in sorted(by_label):
+        indices = by_label[label]
+        if mode == "downsample":
+            chosen, change = rng.sample(indices, len(indices) - target), -1
+        else:
+            extra = target - len(indices)
+            chosen, change = indices * (extra // len(indices)) + rng.sample(indices, extra % len(indices)), 1
+        for i in chosen:
+            copies[i] += change
+    report.note(report.dropped, "rebalance", [number for (number, _), count in zip(records, copies) if count == 0])
+    if mode == "upsample":
+        report.note(report.modified, "rebalance", [n for (n, _), count in zip(records, copies) for _ in range(count - 1)])
+    return [record for record, count in zip(records, copies) for _ in range(count)]
