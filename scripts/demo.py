@@ -93,7 +93,7 @@ def main() -> None:
     texts = [fmt.prompt(r) + r["output"] for name in ("repeat_train", "reverse_train")
              for r in map(json.loads, data[name].read_text().splitlines()[:300])]
     random_model = build_tiny_llama(run_root / "random_init", texts, hidden=64, layers=2, vocab_size=400)
-    common = ["--trainer.max_epochs", "-1", "--data.batch_size", "16", "--trainer.accumulate_grad_batches", "1", "--data.num_workers", "0",
+    common = ["--trainer.max_epochs", "-1", "--data.batch_size", "16", "--data.max_length", "96", "--trainer.accumulate_grad_batches", "1", "--data.num_workers", "0",
               "--trainer.precision", "32-true", "--trainer.log_every_n_steps", "50"]
 
     console.rule("stage 1: full fine-tuning teaches the random model to repeat word lists (our 'pretrained' base)")

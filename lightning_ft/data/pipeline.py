@@ -129,7 +129,7 @@ def tokenize(records: dict[str, list[Record]], origins: dict[str, str], fmt: Dat
             encode, remove_columns=["index"], num_proc=processes, desc=f"tokenizing {name}",
             new_fingerprint=uuid.uuid4().hex,
         )
-        statuses = encoded["status"]
+        statuses = list(encoded["status"])
         counts[name] = {s: statuses.count(s) for s in ("kept", "truncated", "overlong_dropped", "no_label_tokens")}
         result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
         if len(result[name]) == 0:
@@ -163,7 +163,7 @@ def build_report(records, quality, token_counts, tokenized, fmt: DataFormat, ori
             "quality": quality[name].to_dict(),
             "tokens": token_counts[name],
             "examples": len(tokenized[name]),
-            "lengths": length_summary(tokenized[name]["length"]),
+            "lengths": length_summary(list(tokenized[name]["length"])),
         }
         if label_field:
             entry["labels"] = label_distribution(records[name], label_field)

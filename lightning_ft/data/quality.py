@@ -298,7 +298,7 @@ def remove_leaks(train: list[Record], others: Sequence[list[Record]], fields: Se
 
     A val/test example also seen in training inflates the scores; removals count under dropped["leakage"].
     """
-    if not rules.leakage_check:
+    if not rules.leakage_check or not any(others):
         return train
     scratch = QualityReport()  # the normalised copies only serve for comparison; the caller reports its own
     held_out = _normalize([record for split in others for record in split], fields, rules, scratch)
