@@ -12,12 +12,12 @@ from lightning_ft.module import FineTuneModule
 
 __version__ = "0.1.0"
 __all__ = [
-    "FineTuneModule",
+    "BottleneckAdapter",
     "FineTuneDataModule",
-    "Method",
+    "FineTuneModule",
     "Full",
     "LoRA",
-    "QLoRA",
+    "Method",
     "PrefixTuning",
-    "BottleneckAdapter",
+    "QLoRA",
 ]

@@ -68,7 +68,9 @@ class FineTuneCLI(LightningCLI):
             }
         )
         parser.link_arguments(
-            "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=lambda root: str(Path(root or ".") / "checkpoints")
+            "trainer.default_root_dir",
+            "checkpoint.dirpath",
+            compute_fn=lambda root: str(Path(root or ".") / "checkpoints"),
         )
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
         parser.link_arguments("model.labels", "data.labels")
@@ -91,8 +93,10 @@ class FineTuneCLI(LightningCLI):
         if wanted != self.model.hparams.task:
             raise UserError(f"--data.format {type(self.datamodule.format).__name__} needs --model.task {wanted}")
         if self.datamodule.batching == "pack" and not self.model.method.supports_packing:
-            raise UserError(f"{type(self.model.method).__name__} cannot train on packed rows (examples would attend "
-                            "to each other); set --data.batching group_by_length")
+            raise UserError(
+                f"{type(self.model.method).__name__} cannot train on packed rows (examples would attend "
+                "to each other); set --data.batching group_by_length"
+            )
 
 
 class DataCLI(FineTuneCLI):

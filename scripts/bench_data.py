@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_llama  # noqa: E402
+from tiny_model import build_tiny_llama
 
-from lightning_ft import FineTuneModule, LoRA  # noqa: E402
-from lightning_ft.data import FineTuneDataModule  # noqa: E402
-from lightning_ft.data.sources import read_records  # noqa: E402
+from lightning_ft import FineTuneModule, LoRA
+from lightning_ft.data import FineTuneDataModule
+from lightning_ft.data.sources import read_records
 
 console = Console()
 
@@ -41,12 +41,27 @@ def pipeline_throughput(source: Path, tokenizer: str, cache: str) -> tuple[int, 
 
 def training_speed(model_dir: str, source: Path, batching: str, steps: int, cache: str) -> float:
     """Real (label-bearing) tokens per second of LoRA training under one batching mode."""
-    datamodule = FineTuneDataModule("instruction", str(source), tokenizer=model_dir, max_length=512, batch_size=8,
-                                    batching=batching, cache_dir=cache)
+    datamodule = FineTuneDataModule(
+        "instruction",
+        str(source),
+        tokenizer=model_dir,
+        max_length=512,
+        batch_size=8,
+        batching=batching,
+        cache_dir=cache,
+    )
     module = FineTuneModule(model_dir, method=LoRA())
     tokens = []
-    trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     for batch, _ in zip(loader, range(steps)):
@@ -67,15 +82,24 @@ def main() -> None:
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     texts = [json.dumps(r) for path in (alpaca, code) for _, r in read_records(str(path), "--data.train_path")]
-    model_dir = str(build_tiny_llama(work / "model", texts, hidden=256, layers=4, heads=8, kv_heads=4,
-                                     vocab_size=32000))
+    model_dir = str(
+        build_tiny_llama(work / "model", texts, hidden=256, layers=4, heads=8, kv_heads=4, vocab_size=32000)
+    )
 
     records, seconds = pipeline_throughput(code, model_dir, str(work / "cache-throughput"))
-    console.print(f"pipeline on code_alpaca_2k: {records} records in {seconds:.2f} s = {records / seconds:,.0f} "
-                  "examples/s (read + quality rules + tokenize + cache write, 1 process)")
+    console.print(
+        f"pipeline on code_alpaca_2k: {records} records in {seconds:.2f} s = {records / seconds:,.0f} "
+        "examples/s (read + quality rules + tokenize + cache write, 1 process)"
+    )
 
-    report = FineTuneDataModule("instruction", str(alpaca), tokenizer=model_dir, max_length=512, batch_size=8,
-                                cache_dir=str(work / "cache-waste"))
+    report = FineTuneDataModule(
+        "instruction",
+        str(alpaca),
+        tokenizer=model_dir,
+        max_length=512,
+        batch_size=8,
+        cache_dir=str(work / "cache-waste"),
+    )
     report.setup("fit")
     waste = report.report["train"]["padding_waste"]
     table = Table(title="alpaca_gpt4_en_demo, max_length 512, batch 8: pad tokens / all tokens")
@@ -89,8 +113,10 @@ def main() -> None:
     speed.add_column("batching")
     speed.add_column("real tokens/s", justify="right")
     speed.add_column("vs pad", justify="right")
-    results = {mode: training_speed(model_dir, alpaca, mode, args.steps, str(work / "cache-speed"))
-               for mode in ("pad", "group_by_length", "pack")}
+    results = {
+        mode: training_speed(model_dir, alpaca, mode, args.steps, str(work / "cache-speed"))
+        for mode in ("pad", "group_by_length", "pack")
+    }
     for mode, value in results.items():
         speed.add_row(mode, f"{value:,.0f}", f"{value / results['pad']:.2f}x")
     console.print(speed)

@@ -22,14 +22,31 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_llama  # noqa: E402
+from tiny_model import build_tiny_llama
 
-from lightning_ft import FineTuneModule  # noqa: E402
-from lightning_ft.data.formats import Instruction  # noqa: E402
-from lightning_ft.loading import load_tokenizer  # noqa: E402
+from lightning_ft import FineTuneModule
+from lightning_ft.data.formats import Instruction
+from lightning_ft.loading import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = "red blue green black white pink gray gold cat dog cow pig owl fox bee ant".split()
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "pink",
+    "gray",
+    "gold",
+    "cat",
+    "dog",
+    "cow",
+    "pig",
+    "owl",
+    "fox",
+    "bee",
+    "ant",
+]
 console = Console()
 
 
@@ -44,8 +61,10 @@ def make_task(out: Path, seed: int = 0) -> dict[str, Path]:
 
     def rows(chunk, task):
         instruction = "Repeat the words." if task == "repeat" else "Reverse the order of the words."
-        return [{"instruction": instruction, "input": " ".join(w),
-                 "output": " ".join(w if task == "repeat" else w[::-1])} for w in chunk]
+        return [
+            {"instruction": instruction, "input": " ".join(w), "output": " ".join(w if task == "repeat" else w[::-1])}
+            for w in chunk
+        ]
 
     files = {
         "repeat_train": rows(lists[:2000], "repeat"),
@@ -76,7 +95,7 @@ def exact_match(model, tokenizer, heldout: Path) -> tuple[float, list[tuple[str,
     batch = tokenizer([fmt.prompt(r) for r in records], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     rows = [(r["input"], r["output"], a.strip()) for r, a in zip(records, answers)]
     return sum(want == got for _, want, got in rows) / len(rows), rows
 
@@ -90,16 +109,46 @@ def main() -> None:
         shutil.rmtree(run_root)  # the demo owns this folder; a rerun starts over
     data = make_task(run_root / "data")
     fmt = Instruction()
-    texts = [fmt.prompt(r) + r["output"] for name in ("repeat_train", "reverse_train")
-             for r in map(json.loads, data[name].read_text().splitlines()[:300])]
+    texts = [
+        fmt.prompt(r) + r["output"]
+        for name in ("repeat_train", "reverse_train")
+        for r in map(json.loads, data[name].read_text().splitlines()[:300])
+    ]
     random_model = build_tiny_llama(run_root / "random_init", texts, hidden=64, layers=2, vocab_size=400)
-    common = ["--trainer.max_epochs", "-1", "--data.batch_size", "16", "--data.max_length", "96", "--trainer.accumulate_grad_batches", "1", "--data.num_workers", "0",
-              "--trainer.precision", "32-true", "--trainer.log_every_n_steps", "50"]
+    common = [
+        "--trainer.max_epochs",
+        "-1",
+        "--data.batch_size",
+        "16",
+        "--data.max_length",
+        "96",
+        "--trainer.accumulate_grad_batches",
+        "1",
+        "--data.num_workers",
+        "0",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.log_every_n_steps",
+        "50",
+    ]
 
     console.rule("stage 1: full fine-tuning teaches the random model to repeat word lists (our 'pretrained' base)")
-    lightning_ft("fit", "--config", "configs/full.yaml", "--model.model_name_or_path", str(random_model),
-                 "--data.train_path", str(data["repeat_train"]), "--trainer.default_root_dir", str(run_root / "base"),
-                 "--trainer.max_steps", "800", "--model.optim.lr", "1e-3", *common)
+    lightning_ft(
+        "fit",
+        "--config",
+        "configs/full.yaml",
+        "--model.model_name_or_path",
+        str(random_model),
+        "--data.train_path",
+        str(data["repeat_train"]),
+        "--trainer.default_root_dir",
+        str(run_root / "base"),
+        "--trainer.max_steps",
+        "800",
+        "--model.optim.lr",
+        "1e-3",
+        *common,
+    )
     base = FineTuneModule.load_from_checkpoint(run_root / "base/checkpoints/last.ckpt")
     base_dir = run_root / "base_model"
     base.method.merge(base.model).save_pretrained(base_dir)
@@ -108,11 +157,32 @@ def main() -> None:
     before, before_rows = exact_match(base.model, tokenizer, data["reverse_heldout"])
 
     console.rule("stage 2: LoRA teaches the base to reverse them")
-    lightning_ft("fit", "--config", "configs/lora.yaml", "--model.model_name_or_path", str(base_dir),
-                 "--model.dtype", "float32", "--model.method.r", "16", "--model.method.alpha", "32",
-                 "--model.method.dropout", "0.0", "--model.optim.lr", "3e-3",
-                 "--data.train_path", str(data["reverse_train"]), "--data.val_path", str(data["reverse_val"]),
-                 "--trainer.default_root_dir", str(run_root / "lora"), "--trainer.max_steps", "600", *common)
+    lightning_ft(
+        "fit",
+        "--config",
+        "configs/lora.yaml",
+        "--model.model_name_or_path",
+        str(base_dir),
+        "--model.dtype",
+        "float32",
+        "--model.method.r",
+        "16",
+        "--model.method.alpha",
+        "32",
+        "--model.method.dropout",
+        "0.0",
+        "--model.optim.lr",
+        "3e-3",
+        "--data.train_path",
+        str(data["reverse_train"]),
+        "--data.val_path",
+        str(data["reverse_val"]),
+        "--trainer.default_root_dir",
+        str(run_root / "lora"),
+        "--trainer.max_steps",
+        "600",
+        *common,
+    )
     tuned = FineTuneModule.load_from_checkpoint(run_root / "lora/checkpoints/last.ckpt")
     after, after_rows = exact_match(tuned.model, tokenizer, data["reverse_heldout"])
 

@@ -17,11 +17,28 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from tiny_model import build_tiny_llama  # noqa: E402
+from tiny_model import build_tiny_llama
 
-from lightning_ft.cli import main  # noqa: E402
+from lightning_ft.cli import main
 
-WORDS = "red blue green black white pink gray gold cat dog cow pig owl fox bee ant".split()
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "pink",
+    "gray",
+    "gold",
+    "cat",
+    "dog",
+    "cow",
+    "pig",
+    "owl",
+    "fox",
+    "bee",
+    "ant",
+]
 LABELS = ["neg", "pos"]
 
 
@@ -61,8 +78,12 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, data_dir) -> Path:
-    texts = [v for name in ("train.jsonl", "cls_train.jsonl") for line in (data_dir / name).read_text().splitlines()
-             for v in json.loads(line).values()]
+    texts = [
+        v
+        for name in ("train.jsonl", "cls_train.jsonl")
+        for line in (data_dir / name).read_text().splitlines()
+        for v in json.loads(line).values()
+    ]
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", texts, hidden=64, layers=2, vocab_size=300)
 
 
@@ -74,20 +95,36 @@ def fit_args(tiny_model, data_dir, tmp_path):
         train, val = ("cls_train.jsonl", "cls_val.jsonl") if classification else ("train.jsonl", "val.jsonl")
         args = [
             "fit",
-            "--model.model_name_or_path", str(tiny_model),
-            "--data.train_path", str(data_dir / train),
-            "--data.val_path", str(data_dir / val),
-            "--trainer.default_root_dir", str(run_dir or tmp_path / "run"),
-            "--trainer.max_steps", "2",
-            "--trainer.accelerator", "cpu",
-            "--trainer.devices", "1",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
-            "--trainer.logger", "false",
+            "--model.model_name_or_path",
+            str(tiny_model),
+            "--data.train_path",
+            str(data_dir / train),
+            "--data.val_path",
+            str(data_dir / val),
+            "--trainer.default_root_dir",
+            str(run_dir or tmp_path / "run"),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.logger",
+            "false",
         ]
         if classification:
-            args += ["--model.task", "sequence_classification", "--data.format", "classification",
-                     "--model.labels", json.dumps(LABELS)]
+            args += [
+                "--model.task",
+                "sequence_classification",
+                "--data.format",
+                "classification",
+                "--model.labels",
+                json.dumps(LABELS),
+            ]
         return args + list(extra)
 
     return make

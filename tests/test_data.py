@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LABELS, SHARED_DATASETS, build_tiny_llama, instruction_rows, write_jsonl
 
 from lightning_ft import FineTuneModule
 from lightning_ft.constants import IGNORE_INDEX
@@ -21,8 +22,6 @@ from lightning_ft.data.sources import read_records
 from lightning_ft.data.splits import SplitSpec
 from lightning_ft.errors import UserError
 from lightning_ft.loading import load_tokenizer
-
-from conftest import LABELS, SHARED_DATASETS, build_tiny_llama, instruction_rows, write_jsonl
 
 SHORT = Instruction(template="{instruction} {input}\n", template_no_input="{instruction}\n")
 
@@ -45,8 +44,13 @@ def labelled_segments(tokenizer, example: dict) -> list[str]:
     return runs + ([tokenizer.decode(current)] if current else [])
 
 
-CONVERSATION = [("system", "be brief"), ("user", "red cat"), ("assistant", "cat red"), ("user", "owl fox"),
-                ("assistant", "fox owl")]
+CONVERSATION = [
+    ("system", "be brief"),
+    ("user", "red cat"),
+    ("assistant", "cat red"),
+    ("user", "owl fox"),
+    ("assistant", "fox owl"),
+]
 
 
 def test_every_format_puts_loss_on_exactly_the_right_tokens(tokenizer):
@@ -62,8 +66,11 @@ def test_every_format_puts_loss_on_exactly_the_right_tokens(tokenizer):
     assert tokenizer.decode(instruction["input_ids"]).startswith(Instruction().prompt(record))
 
     messages = {"messages": [{"role": r, "content": c} for r, c in CONVERSATION]}
-    sharegpt = {"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c}
-                                  for r, c in CONVERSATION]}
+    sharegpt = {
+        "conversations": [
+            {"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c} for r, c in CONVERSATION
+        ]
+    }
     for record in (messages, sharegpt):
         chat = Chat().encode(record, ctx)
         assert labelled_segments(tokenizer, chat) == [f"cat red{eos}\n", f"fox owl{eos}\n"]
@@ -72,17 +79,20 @@ def test_every_format_puts_loss_on_exactly_the_right_tokens(tokenizer):
     classified = Classification().encode({"text": "good cat", "label": "pos"}, EncodeContext(tokenizer, 64, LABELS))
     assert classified["labels"] == 1 and tokenizer.decode(classified["input_ids"]) == "good cat"
 
-    everything = Instruction().encode(record | {"instruction": "x", "output": "y"} if False else
-                                      {"instruction": "Reverse.", "output": "owl"},
-                                      EncodeContext(tokenizer, 512, train_on_inputs=True))
-    assert everything["labels"] == everything["input_ids"]
+    everything = Instruction().encode(
+        {"instruction": "Reverse.", "output": "owl"}, EncodeContext(tokenizer, 512, train_on_inputs=True)
+    )
+    assert everything["labels"] == everything["input_ids"]  # train_on_inputs: the prompt carries loss too
 
 
 def test_tokenizer_chat_template_is_used_when_present(tokenizer):
-    template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if m['role'] == 'assistant' %}"
-                "{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
-    chat = Chat(chat_template=template).encode({"messages": [{"role": r, "content": c} for r, c in CONVERSATION]},
-                                               EncodeContext(tokenizer, 512))
+    template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if m['role'] == 'assistant' %}"
+        "{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    chat = Chat(chat_template=template).encode(
+        {"messages": [{"role": r, "content": c} for r, c in CONVERSATION]}, EncodeContext(tokenizer, 512)
+    )
     assert tokenizer.decode(chat["input_ids"]).startswith("system: be brief\nuser: red cat\nassistant: cat red")
     assert labelled_segments(tokenizer, chat) == [f"cat red{tokenizer.eos_token}\n", f"fox owl{tokenizer.eos_token}\n"]
 
@@ -92,12 +102,16 @@ def test_missing_field_names_the_field_and_the_fields_there(tokenizer):
         Instruction().encode({"instruction": "a", "input": "b"}, EncodeContext(tokenizer, 64))
 
 
-@pytest.mark.parametrize("rules,expected", [
-    (TokenRules(4, "truncate", "right"), ([1, 2, 3, 4], "truncated")),
-    (TokenRules(4, "truncate", "left"), ([3, 4, 5, 6], "truncated")),
-    (TokenRules(4, "drop"), (None, "overlong_dropped")),
-    (TokenRules(8), ([1, 2, 3, 4, 5, 6], "kept")),
-])
+@pytest.mark.parametrize(
+    "rules,expected",
+    [
+        (TokenRules(4, "truncate", "right"), ([1, 2, 3, 4], "truncated")),
+        (TokenRules(4, "truncate", "left"), ([3, 4, 5, 6], "truncated")),
+        (TokenRules(4, "drop"), (None, "overlong_dropped")),
+        (TokenRules(8), ([1, 2, 3, 4, 5, 6], "kept")),
+        (TokenRules(8, min_length=7), (None, "too_short")),
+    ],
+)
 def test_length_rules(rules, expected):
     example, status = finish_example({"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, 3, 4, 5, 6]}, rules)
     assert ((example or {}).get("input_ids"), status) == expected
@@ -105,7 +119,9 @@ def test_length_rules(rules, expected):
 
 def test_examples_without_label_tokens_are_dropped():
     assert finish_example({"input_ids": [1, 2, 3, 4], "labels": [-100, -100, -100, 4]}, TokenRules(2)) == (
-        None, "no_label_tokens")
+        None,
+        "no_label_tokens",
+    )
 
 
 def test_pack_places_every_example_once_within_max_length():
@@ -127,8 +143,9 @@ def test_packed_batch_losses_equal_unpacked(tiny_model, tokenizer):
 
     def token_losses(batch):
         logits = module(**batch)[:, :-1]
-        return F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none",
-                               ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none", ignore_index=IGNORE_INDEX
+        )
 
     with torch.no_grad():
         alone = [token_losses(collate([e], tokenizer.pad_token_id))[0].sum().item() for e in examples]
@@ -142,13 +159,17 @@ def test_packed_batch_losses_equal_unpacked(tiny_model, tokenizer):
 
 
 def test_collate_pads_and_packed_rows_get_positions_not_masks():
-    padded = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
-                     pad_token_id=0, pad_to_multiple_of=4)
+    padded = collate(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+        pad_token_id=0,
+        pad_to_multiple_of=4,
+    )
     assert padded["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
     assert padded["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     assert padded["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
-    row = PackedDataset([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}],
-                        [[0, 1]])[0]
+    row = PackedDataset(
+        [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}], [[0, 1]]
+    )[0]
     packed = collate([row], pad_token_id=0, pad_to_multiple_of=8)
     assert "attention_mask" not in packed
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
@@ -183,17 +204,16 @@ def test_quality_report_counts_planted_problems(tiny_model, tmp_path):
     base = instruction_rows(12, seed=11)
     sentence = "the quick brown fox jumps over the lazy dog near the river bank today"
     planted = [
-        dict(base[0]),                                                          # exact duplicate of row 0
+        dict(base[0]),  # exact duplicate of row 0
         {"instruction": "Summarise.", "output": sentence + " again"},
-        {"instruction": "Summarise.", "output": sentence + " again!"},       # near duplicate of the one above
+        {"instruction": "Summarise.", "output": sentence + " again!"},  # near duplicate of the one above
         {"instruction": "Mail me at jane.doe@example.com", "output": "card 4111 1111 1111 1111 noted"},
-        {"instruction": "Empty answer.", "output": "   "},                      # dropped as empty
-        dict(base[5]),                                                          # also in val: a leak
+        {"instruction": "Empty answer.", "output": "   "},  # dropped as empty
+        dict(base[5]),  # also in val: a leak
     ]
     train = write_jsonl(tmp_path / "train.jsonl", base + planted)
     val = write_jsonl(tmp_path / "val.jsonl", [base[5], *instruction_rows(3, seed=12)])
-    dm = datamodule(tiny_model, train, val_path=str(val),
-                    quality=QualityRules(near_dedup=True, scrub_pii=True))
+    dm = datamodule(tiny_model, train, val_path=str(val), quality=QualityRules(near_dedup=True, scrub_pii=True))
     dm.setup("fit")
     train_report = dm.report["train"]
     assert train_report["records"] == 18
@@ -221,6 +241,15 @@ def test_second_setup_reads_the_cache_without_tokenizing(tiny_model, data_dir, m
     assert len(calls) == 64
 
 
+def test_tokenizing_in_several_processes_gives_the_same_data(tiny_model, data_dir, tmp_path):
+    one = datamodule(tiny_model, data_dir / "train.jsonl", num_proc=1, cache_dir=str(tmp_path / "a"))
+    two = datamodule(tiny_model, data_dir / "train.jsonl", num_proc=2, cache_dir=str(tmp_path / "b"))
+    one.setup("fit")
+    two.setup("fit")
+    assert one.datasets["train"]["input_ids"] == two.datasets["train"]["input_ids"]
+    assert one.datasets["train"]["labels"] == two.datasets["train"]["labels"]
+
+
 def test_no_label_examples_are_dropped_and_warned(tiny_model, tmp_path):
     rows = [{"instruction": "word " * 40, "output": "x"}, {"instruction": "Hi", "output": "there"}]
     dm = datamodule(tiny_model, write_jsonl(tmp_path / "t.jsonl", rows), max_length=16)
@@ -243,8 +272,13 @@ def test_label_outside_the_set_names_file_and_line(tiny_model, tmp_path):
 
 
 def test_splits_carved_from_one_file(tiny_model, data_dir):
-    dm = datamodule(tiny_model, data_dir / "cls_train.jsonl", format="classification", labels=LABELS,
-                    split=SplitSpec(val_fraction=0.25, stratify_by="label"))
+    dm = datamodule(
+        tiny_model,
+        data_dir / "cls_train.jsonl",
+        format="classification",
+        labels=LABELS,
+        split=SplitSpec(val_fraction=0.25, stratify_by="label"),
+    )
     dm.setup("fit")
     assert dm.report["val"]["records"] == 8 and dm.report["train"]["records"] == 24
     assert dm.report["val"]["labels"] == {"neg": 4, "pos": 4}  # before dedup: the split itself is stratified
@@ -268,12 +302,22 @@ def test_batching_modes_serve_the_same_examples(tiny_model, data_dir):
 REAL = [
     ("alpaca_gpt4_en_demo/alpaca_en_demo.json", "instruction", {}),
     ("code_alpaca_2k/code_alpaca_2k.json", "instruction", {}),
-    ("scitldr_a/train.jsonl", Instruction(instruction_field="source", output_field="target",
-                                          template_no_input="Summarise in one sentence:\n{instruction}\nTLDR: "), {}),
+    (
+        "scitldr_a/train.jsonl",
+        Instruction(
+            instruction_field="source",
+            output_field="target",
+            template_no_input="Summarise in one sentence:\n{instruction}\nTLDR: ",
+        ),
+        {},
+    ),
     ("hh_rlhf_harmless_base_test/test.chosen.messages.jsonl", "chat", {}),
     ("glaive_toolcall_en_demo/glaive_toolcall_en_demo.json", "chat", {}),
-    ({"neg": "rt_polarity/rt-polarity.neg", "pos": "rt_polarity/rt-polarity.pos"}, "classification",
-     {"labels": LABELS}),
+    (
+        {"neg": "rt_polarity/rt-polarity.neg", "pos": "rt_polarity/rt-polarity.pos"},
+        "classification",
+        {"labels": LABELS},
+    ),
 ]
 
 
@@ -293,8 +337,9 @@ def shared_path(source):
 
 
 @pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets is not on this machine")
-@pytest.mark.parametrize("source,fmt,extra", REAL, ids=["alpaca", "code_alpaca", "scitldr", "hh_rlhf", "glaive",
-                                                        "rt_polarity"])
+@pytest.mark.parametrize(
+    "source,fmt,extra", REAL, ids=["alpaca", "code_alpaca", "scitldr", "hh_rlhf", "glaive", "rt_polarity"]
+)
 def test_real_datasets(real_tokenizer, source, fmt, extra):
     path = shared_path(source)
     dm = FineTuneDataModule(fmt, path, tokenizer=real_tokenizer, max_length=1024, batch_size=8, **extra)
@@ -315,8 +360,17 @@ def test_real_datasets(real_tokenizer, source, fmt, extra):
 
 def test_data_command_prints_and_writes_the_report(cli, tiny_model, data_dir, tmp_path, capsys):
     output = tmp_path / "report.json"
-    args = ["data", "--model.model_name_or_path", str(tiny_model), "--data.train_path", str(data_dir / "train.jsonl"),
-            "--data.val_path", str(data_dir / "val.jsonl"), "--output", str(output)]
+    args = [
+        "data",
+        "--model.model_name_or_path",
+        str(tiny_model),
+        "--data.train_path",
+        str(data_dir / "train.jsonl"),
+        "--data.val_path",
+        str(data_dir / "val.jsonl"),
+        "--output",
+        str(output),
+    ]
     assert cli(args) == 0
     printed = capsys.readouterr().out
     assert "rows per rule" in printed and "padding waste" in printed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LABELS
 from lightning.pytorch import Trainer, seed_everything
 from transformers import AutoConfig, BertConfig, BertForSequenceClassification
 
@@ -12,15 +13,20 @@ from lightning_ft.errors import UserError
 from lightning_ft.methods import count_parameters
 from lightning_ft.optim import Optim
 
-from conftest import LABELS
-
 
 def lora_count(config, r: int, targets: tuple[str, ...]) -> int:
     """r * (in + out) for every targeted Linear of every decoder layer."""
     h, i = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
     return config.num_hidden_layers * sum(r * sum(shapes[t]) for t in targets)
 
 
@@ -55,21 +61,36 @@ def mean_loss(module: FineTuneModule, loader) -> float:
 
 
 def train(module, datamodule, steps: int) -> None:
-    trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule)
 
 
 def setup(tiny_model, data_dir, method, lr, task="causal_lm"):
     seed_everything(0)
     classification = task == "sequence_classification"
-    module = FineTuneModule(str(tiny_model), task=task, method=method, labels=LABELS if classification else None,
-                            optim=Optim(lr=lr, scheduler="constant"))
+    module = FineTuneModule(
+        str(tiny_model),
+        task=task,
+        method=method,
+        labels=LABELS if classification else None,
+        optim=Optim(lr=lr, scheduler="constant"),
+    )
     datamodule = FineTuneDataModule(
         "classification" if classification else "instruction",
         str(data_dir / ("cls_train.jsonl" if classification else "train.jsonl")),
-        tokenizer=str(tiny_model), labels=LABELS if classification else None, batch_size=8,
-        batching="pad" if method.supports_packing else "group_by_length")
+        tokenizer=str(tiny_model),
+        labels=LABELS if classification else None,
+        batch_size=8,
+        batching="pad" if method.supports_packing else "group_by_length",
+    )
     module.configure_model()
     datamodule.setup("fit")
     return module, datamodule
@@ -107,8 +128,9 @@ def assert_unchanged(model, frozen: dict[str, torch.Tensor]) -> None:
         assert torch.equal(state[name], value), f"frozen {name} moved"
 
 
-@pytest.mark.parametrize("method,lr", [pytest.param(Full(), 1e-3, id="full"),
-                                       pytest.param(LoRA(r=8, dropout=0.0), 1e-2, id="lora")])
+@pytest.mark.parametrize(
+    "method,lr", [pytest.param(Full(), 1e-3, id="full"), pytest.param(LoRA(r=8, dropout=0.0), 1e-2, id="lora")]
+)
 def test_sequence_classification_trains(tiny_model, data_dir, method, lr):
     module, datamodule = setup(tiny_model, data_dir, method, lr, task="sequence_classification")
     config = AutoConfig.from_pretrained(tiny_model)
@@ -149,8 +171,9 @@ def test_bottleneck_adapter_starts_equal_to_base(tiny_model):
 
 @pytest.mark.parametrize("placement,per_layer", [("both", 2), ("mlp", 1), ("attention", 1)])
 def test_bottleneck_adapter_placement_on_bert(placement, per_layer):
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=3)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3
+    )
     model = BertForSequenceClassification(config)
     method = BottleneckAdapter(bottleneck_size=4, placement=placement)
     targets = method.target_names(model)

@@ -26,7 +26,10 @@ def test_no_weight_decay_on_biases_and_norms():
     decay, no_decay = parameter_groups(model, weight_decay=0.1)
     assert decay["params"] == [model.proj.weight] and decay["weight_decay"] == 0.1
     assert {id(p) for p in no_decay["params"]} == {
-        id(model.proj.bias), id(model.input_layernorm.weight), id(model.input_layernorm.bias)}
+        id(model.proj.bias),
+        id(model.input_layernorm.weight),
+        id(model.input_layernorm.bias),
+    }
     assert no_decay["weight_decay"] == 0.0
 
 

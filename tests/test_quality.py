@@ -103,7 +103,13 @@ def test_no_records_left_names_what_the_rules_removed():
 
 
 def test_exact_duplicates_after_normalisation_are_dropped_and_labels_take_part_in_the_key():
-    rows = [("good film", "pos"), (" good film\n", "pos"), ("bad film", "neg"), ("good film", "neg"), ("good\u00a0film", "pos")]
+    rows = [
+        ("good film", "pos"),
+        (" good film\n", "pos"),
+        ("bad film", "neg"),
+        ("good film", "neg"),
+        ("good\u00a0film", "pos"),
+    ]
     records = [(i + 1, {"text": text, "label": label}) for i, (text, label) in enumerate(rows)]
     report = QualityReport()
     out = clean(records, ["text"], QualityRules(), report, source="t", key_fields=["label"])
@@ -121,7 +127,9 @@ def test_near_duplicates_dropped_and_different_sentences_kept():
     assert [number for number, _ in out] == [1, 2, 4, 5]
     assert report.dropped["near_dedup"] == 1
     assert report.examples["near_dedup"] == [3]
-    strict = clean(records, ["text"], QualityRules(near_dedup=True, near_dedup_threshold=1.0), QualityReport(), source="t")
+    strict = clean(
+        records, ["text"], QualityRules(near_dedup=True, near_dedup_threshold=1.0), QualityReport(), source="t"
+    )
     assert len(strict) == 5
 
 
@@ -173,8 +181,14 @@ def test_scrub_pii_in_clean_reports_records_and_counts():
 
 
 def test_chat_fields_are_normalised_and_scrubbed_inside():
-    openai = [{"role": "user", "content": "  mail me: x@y.com\u200b "}, {"role": "assistant", "content": "ok\r\n", "n": 3}]
-    sharegpt = [{"from": "human", "value": "cafe\u0301 call 555-123-4567"}, {"from": "gpt", "value": [{"text": " hi "}]}]
+    openai = [
+        {"role": "user", "content": "  mail me: x@y.com\u200b "},
+        {"role": "assistant", "content": "ok\r\n", "n": 3},
+    ]
+    sharegpt = [
+        {"from": "human", "value": "cafe\u0301 call 555-123-4567"},
+        {"from": "gpt", "value": [{"text": " hi "}]},
+    ]
     records = [(1, {"messages": openai}), (2, {"messages": sharegpt})]
     report = QualityReport()
     out = clean(records, ["messages"], QualityRules(scrub_pii=True), report, source="t")
@@ -182,7 +196,10 @@ def test_chat_fields_are_normalised_and_scrubbed_inside():
         {"role": "user", "content": "mail me: <EMAIL>"},
         {"role": "assistant", "content": "ok", "n": 3},
     ]
-    assert out[1][1]["messages"] == [{"from": "human", "value": "café call <PHONE>"}, {"from": "gpt", "value": [{"text": "hi"}]}]
+    assert out[1][1]["messages"] == [
+        {"from": "human", "value": "café call <PHONE>"},
+        {"from": "gpt", "value": [{"text": "hi"}]},
+    ]
     assert report.pii == {"EMAIL": 1, "PHONE": 1}
     assert records[0][1]["messages"][0]["content"] == "  mail me: x@y.com\u200b "
 
@@ -195,7 +212,14 @@ def test_empty_chat_list_is_dropped():
 
 
 def test_rules_switched_off_do_nothing():
-    rows = ["  cafe\u0301\u200b  ", "  cafe\u0301\u200b  ", "", "mail a@b.io", SENTENCE, SENTENCE.replace("dawn", "dusk")]
+    rows = [
+        "  cafe\u0301\u200b  ",
+        "  cafe\u0301\u200b  ",
+        "",
+        "mail a@b.io",
+        SENTENCE,
+        SENTENCE.replace("dawn", "dusk"),
+    ]
     records = records_of(rows)
     report = QualityReport()
     out = clean(records, ["text"], OFF, report, source="t")
@@ -220,7 +244,10 @@ def test_leakage_exact_and_near_removed_from_train_only():
 
 
 def test_leakage_key_includes_key_fields_and_threshold_is_respected():
-    train = [(1, {"text": "great fun", "label": "pos"}), (2, {"text": SENTENCE.replace("dawn", "dusk"), "label": "pos"})]
+    train = [
+        (1, {"text": "great fun", "label": "pos"}),
+        (2, {"text": SENTENCE.replace("dawn", "dusk"), "label": "pos"}),
+    ]
     val = [(1, {"text": "great fun", "label": "neg"}), (2, {"text": SENTENCE, "label": "pos"})]
     rules = QualityRules(leakage_threshold=1.0)
     report = QualityReport()
@@ -255,7 +282,9 @@ def test_downsample_to_rarest_label_deterministically_and_in_order():
     assert numbers == sorted(numbers)
     assert report.dropped["rebalance"] == 5
     assert [n for n, _ in rebalance(skewed(), "label", "downsample", 3, QualityReport())] == numbers
-    other_seeds = {tuple(n for n, _ in rebalance(skewed(), "label", "downsample", s, QualityReport())) for s in range(8)}
+    other_seeds = {
+        tuple(n for n, _ in rebalance(skewed(), "label", "downsample", s, QualityReport())) for s in range(8)
+    }
     assert len(other_seeds) > 1
 
 

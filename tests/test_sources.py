@@ -7,12 +7,11 @@ import gzip
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATASETS as SHARED
 
 from lightning_ft.data import sources
 from lightning_ft.data.sources import check_source, fingerprint, read_records
 from lightning_ft.errors import UserError
-
-from conftest import SHARED_DATASETS as SHARED
 
 FLAG = "--data.train_path"
 
@@ -51,8 +50,11 @@ def test_json_array_numbers_are_item_indexes(tmp_path):
 
 def test_csv_numbers_are_the_line_a_row_starts_on(tmp_path):
     path = write(tmp_path / "d.csv", 'text,label\n"two\nlines",1\n\nplain,0\r\n"a, b",2\n')
-    assert read(path) == [(2, {"text": "two\nlines", "label": "1"}), (5, {"text": "plain", "label": "0"}),
-                          (6, {"text": "a, b", "label": "2"})]
+    assert read(path) == [
+        (2, {"text": "two\nlines", "label": "1"}),
+        (5, {"text": "plain", "label": "0"}),
+        (6, {"text": "a, b", "label": "2"}),
+    ]
 
 
 def test_tsv(tmp_path):
@@ -114,7 +116,8 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
     assert read(tmp_path / "dict", split="test") == [(1, {"text": "b", "label": 1})]
     assert len(read(tmp_path / "dict")) == 2
     assert error(tmp_path / "dict", split="validation") == (
-        f"{FLAG} {tmp_path / 'dict'}: no split 'validation' in this DatasetDict (splits there: train, test)")
+        f"{FLAG} {tmp_path / 'dict'}: no split 'validation' in this DatasetDict (splits there: train, test)"
+    )
 
 
 def test_plain_folder_is_rejected(tmp_path):
@@ -128,17 +131,22 @@ def test_plain_folder_is_rejected(tmp_path):
 def test_mapping_of_plain_text_files_labels_every_line(tmp_path):
     neg = write(tmp_path / "rt-polarity.neg", "dull .\nbad , bad .\n")
     pos = write(tmp_path / "rt-polarity.pos", "fun .\n")
-    assert read({"neg": neg, "pos": pos}) == [(1, {"text": "dull .", "label": "neg"}),
-                                              (2, {"text": "bad , bad .", "label": "neg"}),
-                                              (1, {"text": "fun .", "label": "pos"})]
+    assert read({"neg": neg, "pos": pos}) == [
+        (1, {"text": "dull .", "label": "neg"}),
+        (2, {"text": "bad , bad .", "label": "neg"}),
+        (1, {"text": "fun .", "label": "pos"}),
+    ]
     assert read({"pos": pos}, label_field="y", text_field="x") == [(1, {"x": "fun .", "y": "pos"})]
 
 
 def test_mapping_of_jsonl_files_and_conflicting_label(tmp_path):
     a = write(tmp_path / "a.jsonl", '{"text": "x"}\n{"text": "y", "label": "good"}\n')
     b = write(tmp_path / "b.jsonl.gz", gzip.compress(b'{"text": "z", "label": "bad"}\n'))
-    assert read({"good": a, "bad": b}) == [(1, {"text": "x", "label": "good"}), (2, {"text": "y", "label": "good"}),
-                                           (1, {"text": "z", "label": "bad"})]
+    assert read({"good": a, "bad": b}) == [
+        (1, {"text": "x", "label": "good"}),
+        (2, {"text": "y", "label": "good"}),
+        (1, {"text": "z", "label": "bad"}),
+    ]
     assert error({"bad": a}) == f"{a}:2: field 'label' is 'good', but the mapping labels this file 'bad'"
 
 
@@ -188,13 +196,17 @@ def test_csv_stray_quote_and_repeated_header(tmp_path):
 
 def test_unsupported_suffix(tmp_path):
     path = write(tmp_path / "d.xlsx", "x")
-    assert error(path) == (f"{FLAG} {path}: unsupported file type (supported: .jsonl, .json, .csv, .tsv, .parquet, "
-                           ".txt, each optionally .gz or .bz2; a folder saved with datasets' save_to_disk; "
-                           "a hub dataset name)")
+    assert error(path) == (
+        f"{FLAG} {path}: unsupported file type (supported: .jsonl, .json, .csv, .tsv, .parquet, "
+        ".txt, each optionally .gz or .bz2; a folder saved with datasets' save_to_disk; "
+        "a hub dataset name)"
+    )
 
 
-@pytest.mark.parametrize("name", ["./nope", "../nope/data", "/nope/data", "~/nope-lightning-ft", "data/train.jsonl",
-                                  "train.csv.gz", "has space"])
+@pytest.mark.parametrize(
+    "name",
+    ["./nope", "../nope/data", "/nope/data", "~/nope-lightning-ft", "data/train.jsonl", "train.csv.gz", "has space"],
+)
 def test_missing_path(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as info:
@@ -204,8 +216,9 @@ def test_missing_path(tmp_path, monkeypatch, name):
 
 def test_invalid_utf8_strict_names_line_byte_and_column(tmp_path):
     path = write(tmp_path / "d.jsonl", '{"a": "ok"}\n{"a": "é'.encode() + b'\xff"}\n')
-    assert error(path) == (f"{path}:2: not valid UTF-8 (byte 0xff at column 9); "
-                           "fix the file or set --data.encoding_errors replace")
+    assert error(path) == (
+        f"{path}:2: not valid UTF-8 (byte 0xff at column 9); fix the file or set --data.encoding_errors replace"
+    )
     text = write(tmp_path / "d.pos", b"\xef\xbb\xbfgood\nfine\nba\xe9d\n")
     assert error({"pos": text}).startswith(f"{text}:3: not valid UTF-8 (byte 0xe9 at column 3);")
 
@@ -214,8 +227,12 @@ def test_invalid_utf8_replace_warns_with_the_count(tmp_path):
     path = write(tmp_path / "d.txt", b"ok\nba\xe9d\nfine\nw\xffrse\xfe\n")
     with pytest.warns(UserWarning, match=rf"{path}: 2 line\(s\) not valid UTF-8 \(first: line 2\)"):
         records = read(path, encoding_errors="replace")
-    assert records == [(1, {"text": "ok"}), (2, {"text": "ba\ufffdd"}), (3, {"text": "fine"}),
-                       (4, {"text": "w\ufffdrse\ufffd"})]
+    assert records == [
+        (1, {"text": "ok"}),
+        (2, {"text": "ba\ufffdd"}),
+        (3, {"text": "fine"}),
+        (4, {"text": "w\ufffdrse\ufffd"}),
+    ]
 
 
 def test_hub_name_offline_gives_a_clear_error(monkeypatch):
@@ -231,8 +248,9 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch):
     with pytest.raises(UserError) as info:
         read_records("someorg/no-such-dataset", FLAG)
     message = str(info.value)
-    assert message.startswith(f"{FLAG} someorg/no-such-dataset: not a local file or folder, and the hub dataset "
-                              "could not be loaded (")
+    assert message.startswith(
+        f"{FLAG} someorg/no-such-dataset: not a local file or folder, and the hub dataset could not be loaded ("
+    )
     assert message.endswith("); offline, point to a local file") and "\n" not in message
 
 

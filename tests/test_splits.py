@@ -76,20 +76,27 @@ def test_a_tiny_fraction_still_yields_one_record(n):
     splits = carve(numbered(n), SplitSpec(val_fraction=0.001, test_fraction=0.001), seed=3)
     assert len(splits["val"]) == len(splits["test"]) == 1 and len(splits["train"]) == n - 2
     assert {k: len(v) for k, v in carve(numbered(2), SplitSpec(val_fraction=0.001), seed=3).items()} == {
-        "train": 1, "val": 1}
+        "train": 1,
+        "val": 1,
+    }
 
 
-@pytest.mark.parametrize("n, spec", [
-    (0, SplitSpec(val_fraction=0.1)),
-    (1, SplitSpec(val_fraction=0.1)),
-    (2, SplitSpec(val_fraction=0.001, test_fraction=0.001)),
-    (3, SplitSpec(val_fraction=0.45, test_fraction=0.5)),
-])
+@pytest.mark.parametrize(
+    "n, spec",
+    [
+        (0, SplitSpec(val_fraction=0.1)),
+        (1, SplitSpec(val_fraction=0.1)),
+        (2, SplitSpec(val_fraction=0.001, test_fraction=0.001)),
+        (3, SplitSpec(val_fraction=0.45, test_fraction=0.5)),
+    ],
+)
 def test_training_must_keep_a_record(n, spec):
     with pytest.raises(UserError) as err:
         carve(numbered(n), spec, seed=0)
-    assert str(err.value) == (f"--data.split.val_fraction {spec.val_fraction} and --data.split.test_fraction "
-                              f"{spec.test_fraction} leave no training records out of {n}")
+    assert str(err.value) == (
+        f"--data.split.val_fraction {spec.val_fraction} and --data.split.test_fraction "
+        f"{spec.test_fraction} leave no training records out of {n}"
+    )
 
 
 def test_stratified_holdout_keeps_an_80_20_label_mix_exactly():
@@ -186,15 +193,18 @@ def test_time_split_puts_oldest_in_train_and_newest_in_test():
 
 def test_time_split_compares_instants_across_timezones_and_numbers():
     stamps = ["2024-01-02T00:30:00Z", "2024-01-01T23:00:00-02:00", "2024-01-01T12:00:00+00:00", "2024-01-02T00:00z"]
-    splits = carve(numbered(4, t=lambda i: stamps[i]), SplitSpec(test_fraction=0.25, val_fraction=0.25,
-                                                                 time_field="t"), seed=0)
+    splits = carve(
+        numbered(4, t=lambda i: stamps[i]), SplitSpec(test_fraction=0.25, val_fraction=0.25, time_field="t"), seed=0
+    )
     assert lines(splits["test"]) == [2] and lines(splits["val"]) == [1] and lines(splits["train"]) == [3, 4]
     naive = ["2024-05-01", "2023-12-31T23:59:59", "2024-05-01T00:00:01"]
-    assert lines(carve(numbered(3, t=lambda i: naive[i]), SplitSpec(test_fraction=0.3, time_field="t"),
-                       seed=0)["test"]) == [3]
+    assert lines(
+        carve(numbered(3, t=lambda i: naive[i]), SplitSpec(test_fraction=0.3, time_field="t"), seed=0)["test"]
+    ) == [3]
     numbers = [3.5, -1, 10, 2, 7]
-    splits = carve(numbered(5, t=lambda i: numbers[i]), SplitSpec(val_fraction=0.2, test_fraction=0.2,
-                                                                  time_field="t"), seed=0)
+    splits = carve(
+        numbered(5, t=lambda i: numbers[i]), SplitSpec(val_fraction=0.2, test_fraction=0.2, time_field="t"), seed=0
+    )
     assert lines(splits["test"]) == [3] and lines(splits["val"]) == [5] and lines(splits["train"]) == [1, 2, 4]
 
 
@@ -208,14 +218,19 @@ def time_error(line: int, what: str) -> str:
     return f"record at line {line}: field 't' (--data.split.time_field) is {what}"
 
 
-@pytest.mark.parametrize("values, message", [
-    ([1, "2024-01-01", 3], time_error(2, "a date without a timezone, '2024-01-01', but line 1 has a number")),
-    (["2024-01-01T00:00Z", "2024-01-02"],
-     time_error(2, "a date without a timezone, '2024-01-02', but line 1 has a date with a timezone")),
-    ([1, "yesterday"], time_error(2, "'yesterday', not a number or an ISO-8601 date/time")),
-    ([1, 2, True], time_error(3, "True, not a number or an ISO-8601 date/time")),
-    ([float("nan"), 2], time_error(1, "nan, not a number or an ISO-8601 date/time")),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([1, "2024-01-01", 3], time_error(2, "a date without a timezone, '2024-01-01', but line 1 has a number")),
+        (
+            ["2024-01-01T00:00Z", "2024-01-02"],
+            time_error(2, "a date without a timezone, '2024-01-02', but line 1 has a date with a timezone"),
+        ),
+        ([1, "yesterday"], time_error(2, "'yesterday', not a number or an ISO-8601 date/time")),
+        ([1, 2, True], time_error(3, "True, not a number or an ISO-8601 date/time")),
+        ([float("nan"), 2], time_error(1, "nan, not a number or an ISO-8601 date/time")),
+    ],
+)
 def test_time_values_that_cannot_be_ordered(values, message):
     with pytest.raises(UserError) as err:
         carve(numbered(len(values), t=lambda i: values[i]), SplitSpec(test_fraction=0.3, time_field="t"), seed=0)
@@ -230,26 +245,39 @@ def test_time_field_missing_names_the_line():
     assert str(err.value) == "record at line 4: field 't' (--data.split.time_field) is missing"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"val_fraction": 1.0}, "--data.split.val_fraction 1.0 must be in [0, 1)"),
-    ({"test_fraction": -0.1}, "--data.split.test_fraction -0.1 must be in [0, 1)"),
-    ({"val_fraction": float("nan")}, "--data.split.val_fraction nan must be in [0, 1)"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5},
-     "--data.split.val_fraction 0.5 + --data.split.test_fraction 0.5 must be < 1"),
-    ({"num_folds": 1}, "--data.split.num_folds 1 must be >= 2"),
-    ({"num_folds": 5, "fold": 5}, "--data.split.fold 5 must be < --data.split.num_folds 5"),
-    ({"num_folds": 5, "fold": -1}, "--data.split.fold -1 must be >= 0"),
-    ({"fold": 2}, "--data.split.fold 2 needs --data.split.num_folds"),
-    ({"num_folds": 5, "val_fraction": 0.1},
-     "--data.split.val_fraction 0.1 must be 0 with --data.split.num_folds (fold 0 is the validation set)"),
-    ({"num_folds": 3, "time_field": "t"}, "--data.split.time_field cannot be combined with --data.split.num_folds"),
-    ({"test_fraction": 0.1, "stratify_by": "label", "time_field": "t"},
-     "--data.split.time_field cannot be combined with --data.split.stratify_by"),
-    ({"stratify_by": "label"},
-     "--data.split.stratify_by needs --data.split.val_fraction, --data.split.test_fraction or --data.split.num_folds"),
-    ({"time_field": "t"},
-     "--data.split.time_field needs --data.split.val_fraction, --data.split.test_fraction or --data.split.num_folds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"val_fraction": 1.0}, "--data.split.val_fraction 1.0 must be in [0, 1)"),
+        ({"test_fraction": -0.1}, "--data.split.test_fraction -0.1 must be in [0, 1)"),
+        ({"val_fraction": float("nan")}, "--data.split.val_fraction nan must be in [0, 1)"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            "--data.split.val_fraction 0.5 + --data.split.test_fraction 0.5 must be < 1",
+        ),
+        ({"num_folds": 1}, "--data.split.num_folds 1 must be >= 2"),
+        ({"num_folds": 5, "fold": 5}, "--data.split.fold 5 must be < --data.split.num_folds 5"),
+        ({"num_folds": 5, "fold": -1}, "--data.split.fold -1 must be >= 0"),
+        ({"fold": 2}, "--data.split.fold 2 needs --data.split.num_folds"),
+        (
+            {"num_folds": 5, "val_fraction": 0.1},
+            "--data.split.val_fraction 0.1 must be 0 with --data.split.num_folds (fold 0 is the validation set)",
+        ),
+        ({"num_folds": 3, "time_field": "t"}, "--data.split.time_field cannot be combined with --data.split.num_folds"),
+        (
+            {"test_fraction": 0.1, "stratify_by": "label", "time_field": "t"},
+            "--data.split.time_field cannot be combined with --data.split.stratify_by",
+        ),
+        (
+            {"stratify_by": "label"},
+            "--data.split.stratify_by needs --data.split.val_fraction, --data.split.test_fraction or --data.split.num_folds",
+        ),
+        (
+            {"time_field": "t"},
+            "--data.split.time_field needs --data.split.val_fraction, --data.split.test_fraction or --data.split.num_folds",
+        ),
+    ],
+)
 def test_bad_flags_are_one_line_user_errors(kwargs, message):
     with pytest.raises(UserError) as err:
         SplitSpec(**kwargs)

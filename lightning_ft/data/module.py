@@ -43,6 +43,7 @@ class FineTuneDataModule(LightningDataModule):
         tokenizer: tokenizer directory or hub id (set from --model.model_name_or_path).
         labels / num_labels: classes for classification (set from --model.labels / --model.num_labels).
         max_length: tokens per example (per row when packing).
+        min_length: examples with fewer tokens are dropped (counted), e.g. to skip near-empty documents.
         overlong: "truncate" examples over max_length, or "drop" them; either way they are counted.
         truncation_side: "right" keeps the beginning, "left" keeps the end.
         train_on_inputs: also put loss on prompt / user tokens (default: responses only).
@@ -71,6 +72,7 @@ class FineTuneDataModule(LightningDataModule):
         labels: list[str] | None = None,
         num_labels: int | None = None,
         max_length: int = 2048,
+        min_length: int = 0,
         overlong: Literal["truncate", "drop"] = "truncate",
         truncation_side: Literal["right", "left"] = "right",
         train_on_inputs: bool = False,
@@ -95,7 +97,7 @@ class FineTuneDataModule(LightningDataModule):
         self.tokenizer_name = tokenizer
         self.labels = labels
         self.num_labels = num_labels
-        self.token_rules = TokenRules(max_length, overlong, truncation_side)
+        self.token_rules = TokenRules(max_length, overlong, truncation_side, min_length)
         self.train_on_inputs = train_on_inputs
         self.quality = quality
         self.split = split
@@ -115,7 +117,7 @@ class FineTuneDataModule(LightningDataModule):
         self.restored_passes = 0  # from a checkpoint, for the next train sampler
 
     def resolve_batching(self, batching: str) -> str:
-        """"auto" packs causal-LM data and pads classification data (BENCHMARKS.md has the measurements).
+        """ "auto" packs causal-LM data and pads classification data (BENCHMARKS.md has the measurements).
 
         Packing leaves ~3.5% padding and trains as fast as length grouping (2.0x plain padding on CPU; on GPU it
         also fills rows for flash-attention varlen), and unlike grouping its rows are random mixes: batches of
@@ -132,8 +134,9 @@ class FineTuneDataModule(LightningDataModule):
     # -- preparing the data ----------------------------------------------------------------------------------
 
     def encode_context(self) -> EncodeContext:
-        return EncodeContext(self.get_tokenizer(), self.token_rules.max_length, self.labels, self.num_labels,
-                             self.train_on_inputs)
+        return EncodeContext(
+            self.get_tokenizer(), self.token_rules.max_length, self.labels, self.num_labels, self.train_on_inputs
+        )
 
     def get_tokenizer(self):
         if self.tokenizer is None:
@@ -143,8 +146,17 @@ class FineTuneDataModule(LightningDataModule):
         return self.tokenizer
 
     def cache(self) -> DatasetCache:
-        key = settings_key(self.format, self.sources, self.get_tokenizer(), self.encode_context(), self.token_rules,
-                           self.quality, self.split, self.seed, self.encoding_errors)
+        key = settings_key(
+            self.format,
+            self.sources,
+            self.get_tokenizer(),
+            self.encode_context(),
+            self.token_rules,
+            self.quality,
+            self.split,
+            self.seed,
+            self.encoding_errors,
+        )
         return DatasetCache(self.cache_dir, key)
 
     def prepare_data(self) -> None:
@@ -168,16 +180,20 @@ class FineTuneDataModule(LightningDataModule):
             return cached
         records, origins = read_splits(self.sources, self.split, self.seed, self.format, self.encoding_errors)
         cleaned, quality = apply_quality(records, origins, self.format, self.quality, self.seed)
-        tokenized, counts = tokenize(cleaned, origins, self.format, self.encode_context(), self.token_rules,
-                                     self.num_proc)
+        tokenized, counts = tokenize(
+            cleaned, origins, self.format, self.encode_context(), self.token_rules, self.num_proc
+        )
         for name, count in counts.items():
             if count["no_label_tokens"]:
-                rank_zero_warn(f"{origins[name]}: dropped {count['no_label_tokens']} examples with no label token "
-                               f"left (the prompt fills max_length={self.token_rules.max_length}, or no response)")
+                rank_zero_warn(
+                    f"{origins[name]}: dropped {count['no_label_tokens']} examples with no label token "
+                    f"left (the prompt fills max_length={self.token_rules.max_length}, or no response)"
+                )
         report = build_report(records, quality, counts, tokenized, self.format, origins)
         lengths = list(tokenized["train"]["length"])  # a plain list: indexing a datasets Column is slow
-        report["train"]["padding_waste"] = padding_waste(lengths, self.batch_size, self.token_rules.max_length,
-                                                         self.seed)
+        report["train"]["padding_waste"] = padding_waste(
+            lengths, self.batch_size, self.token_rules.max_length, self.seed
+        )
         report["batching"] = self.batching
         cache.save(tokenized, report)
         return cache.load()
@@ -186,8 +202,13 @@ class FineTuneDataModule(LightningDataModule):
 
     def _loader(self, data, batch_size: int, sampler=None) -> DataLoader:
         pad = self.get_tokenizer().pad_token_id
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=partial(collate, pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of))
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of),
+        )
 
     def train_dataloader(self) -> DataLoader:
         data = self.datasets["train"].select_columns(["input_ids", "labels"])

@@ -24,6 +24,7 @@ from lightning_ft.data.splits import SplitSpec, carve
 from lightning_ft.errors import UserError
 
 SPLITS = ("train", "val", "test")
+TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
 PIPELINE_VERSION = 1  # bump when a change here alters what a cached dataset would hold
 
 
@@ -34,6 +35,7 @@ class TokenRules:
     max_length: int
     overlong: str = "truncate"  # "truncate" or "drop" examples longer than max_length
     truncation_side: str = "right"  # which end loses tokens on truncation
+    min_length: int = 0  # examples shorter than this many tokens are dropped
 
 
 def cache_key(parts: dict) -> str:
@@ -54,40 +56,52 @@ def read_splits(
     sources: dict[str, Source | None], split: SplitSpec, seed: int, fmt: DataFormat, encoding_errors: str
 ) -> tuple[dict[str, list[Record]], dict[str, str]]:
     """Records per split, from their own files or carved out of the training file; and where each came from."""
-    field_names = {"label_field": getattr(fmt, "label_field", "label"), "text_field": getattr(fmt, "text_field", "text")}
+    field_names = {
+        "label_field": getattr(fmt, "label_field", "label"),
+        "text_field": getattr(fmt, "text_field", "text"),
+    }
     records, origins = {}, {}
     for name in SPLITS:
         if sources.get(name):
-            records[name] = read_records(sources[name], f"--data.{name}_path", encoding_errors=encoding_errors,
-                                         **field_names)
+            records[name] = read_records(
+                sources[name], f"--data.{name}_path", encoding_errors=encoding_errors, **field_names
+            )
             origins[name] = sources[name] if isinstance(sources[name], str) else f"--data.{name}_path"
     if split.active():
         taken = [name for name in ("val", "test") if name in records]
         if taken:
-            raise UserError(f"--data.split carves val/test from the training file; drop --data.{taken[0]}_path or the split")
+            raise UserError(
+                f"--data.split carves val/test from the training file; drop --data.{taken[0]}_path or the split"
+            )
         records = carve(records["train"], split, seed)
         origins = {name: origins["train"] for name in records}
     return records, origins
 
 
-def apply_quality(records: dict[str, list[Record]], origins: dict[str, str], fmt: DataFormat, rules: QualityRules,
-                  seed: int) -> tuple[dict[str, list[Record]], dict[str, QualityReport]]:
+def apply_quality(
+    records: dict[str, list[Record]], origins: dict[str, str], fmt: DataFormat, rules: QualityRules, seed: int
+) -> tuple[dict[str, list[Record]], dict[str, QualityReport]]:
     """Clean every split, then remove train records leaked into val/test, then rebalance labels of train."""
     reports = {name: QualityReport() for name in records}
     # A format may list alternative fields (chat: messages or conversations): check those the data has.
     fields = [f for f in fmt.text_fields() if any(f in r for _, r in next(iter(records.values())))]
     fields = fields or fmt.text_fields()
-    cleaned = {name: clean(split, fields, rules, reports[name], source=origins[name], key_fields=fmt.key_fields())
-               for name, split in records.items()}
+    cleaned = {
+        name: clean(split, fields, rules, reports[name], source=origins[name], key_fields=fmt.key_fields())
+        for name, split in records.items()
+    }
     others = [cleaned[name] for name in ("val", "test") if name in cleaned]
-    cleaned["train"] = remove_leaks(cleaned["train"], others, fields, rules, reports["train"],
-                                    key_fields=fmt.key_fields())
+    cleaned["train"] = remove_leaks(
+        cleaned["train"], others, fields, rules, reports["train"], key_fields=fmt.key_fields()
+    )
     label_field = getattr(fmt, "label_field", None)
     if label_field and rules.rebalance != "none":
         cleaned["train"] = rebalance(cleaned["train"], label_field, rules.rebalance, seed, reports["train"])
     if not cleaned["train"]:
-        raise UserError(f"{origins['train']}: no training records left after the quality rules "
-                        f"({json.dumps(reports['train'].dropped)})")
+        raise UserError(
+            f"{origins['train']}: no training records left after the quality rules "
+            f"({json.dumps(reports['train'].dropped)})"
+        )
     return cleaned, reports
 
 
@@ -95,10 +109,14 @@ def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
     """Apply the length rule and check a label is left; returns the example (or None) and what happened."""
     ids, labels = example["input_ids"], example["labels"]
     status = "kept"
+    if len(ids) < rules.min_length:
+        return None, "too_short"
     if len(ids) > rules.max_length:
         if rules.overlong == "drop":
             return None, "overlong_dropped"
-        cut = slice(0, rules.max_length) if rules.truncation_side == "right" else slice(len(ids) - rules.max_length, None)
+        cut = (
+            slice(0, rules.max_length) if rules.truncation_side == "right" else slice(len(ids) - rules.max_length, None)
+        )
         ids = ids[cut]
         labels = labels[cut] if isinstance(labels, list) else labels
         status = "truncated"
@@ -108,8 +126,14 @@ def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
     return {"input_ids": ids, "labels": labels}, status
 
 
-def tokenize(records: dict[str, list[Record]], origins: dict[str, str], fmt: DataFormat, ctx: EncodeContext,
-             rules: TokenRules, num_proc: int | None) -> tuple[datasets.DatasetDict, dict[str, dict[str, int]]]:
+def tokenize(
+    records: dict[str, list[Record]],
+    origins: dict[str, str],
+    fmt: DataFormat,
+    ctx: EncodeContext,
+    rules: TokenRules,
+    num_proc: int | None,
+) -> tuple[datasets.DatasetDict, dict[str, dict[str, int]]]:
     """Encode every split with `datasets.map` (several processes for large data); count what the token rules did."""
     result, counts = {}, {}
     for name, split in records.items():
@@ -126,15 +150,20 @@ def tokenize(records: dict[str, list[Record]], origins: dict[str, str], fmt: Dat
         processes = num_proc if num_proc is not None else (os.cpu_count() if len(split) > 20_000 else None)
         # new_fingerprint: our own cache keys the result, and hashing the closure (records, tokenizer) is slow.
         encoded = datasets.Dataset.from_dict({"index": list(range(len(split)))}).map(
-            encode, remove_columns=["index"], num_proc=processes, desc=f"tokenizing {name}",
+            encode,
+            remove_columns=["index"],
+            num_proc=processes,
+            desc=f"tokenizing {name}",
             new_fingerprint=uuid.uuid4().hex,
         )
         statuses = list(encoded["status"])
-        counts[name] = {s: statuses.count(s) for s in ("kept", "truncated", "overlong_dropped", "no_label_tokens")}
+        counts[name] = {s: statuses.count(s) for s in TOKEN_STATUSES}
         result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
         if len(result[name]) == 0:
-            raise UserError(f"{origin_of(name, origins)}: no {name} examples left after tokenization "
-                            f"({json.dumps(counts[name])}, max_length={rules.max_length})")
+            raise UserError(
+                f"{origin_of(name, origins)}: no {name} examples left after tokenization "
+                f"({json.dumps(counts[name])}, max_length={rules.max_length})"
+            )
     return datasets.DatasetDict(result), counts
 
 
@@ -148,8 +177,15 @@ def length_summary(lengths: list[int]) -> dict[str, float]:
     def percentile(q: float) -> int:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return {"examples": len(ordered), "tokens": sum(ordered), "mean": round(sum(ordered) / len(ordered), 1),
-            "p50": percentile(0.5), "p90": percentile(0.9), "p99": percentile(0.99), "max": ordered[-1]}
+    return {
+        "examples": len(ordered),
+        "tokens": sum(ordered),
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p50": percentile(0.5),
+        "p90": percentile(0.9),
+        "p99": percentile(0.99),
+        "max": ordered[-1],
+    }
 
 
 def build_report(records, quality, token_counts, tokenized, fmt: DataFormat, origins) -> dict:
@@ -191,17 +227,28 @@ class DatasetCache:
         staging.rename(self.path)  # atomic: a reader sees the old entry, or none, or the new one
 
 
-def settings_key(fmt, sources, tokenizer, ctx: EncodeContext, tokens: TokenRules, quality: QualityRules,
-                 split: SplitSpec, seed: int, encoding_errors: str) -> str:
-    return cache_key({
-        "version": PIPELINE_VERSION,
-        "format": repr(fmt),
-        "sources": {name: fingerprint(source) for name, source in sources.items() if source},
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "labels": [ctx.labels, ctx.num_labels, ctx.train_on_inputs, ctx.max_length],
-        "tokens": asdict(tokens),
-        "quality": asdict(quality),
-        "split": asdict(split),
-        "seed": seed,
-        "encoding_errors": encoding_errors,
-    })
+def settings_key(
+    fmt,
+    sources,
+    tokenizer,
+    ctx: EncodeContext,
+    tokens: TokenRules,
+    quality: QualityRules,
+    split: SplitSpec,
+    seed: int,
+    encoding_errors: str,
+) -> str:
+    return cache_key(
+        {
+            "version": PIPELINE_VERSION,
+            "format": repr(fmt),
+            "sources": {name: fingerprint(source) for name, source in sources.items() if source},
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "labels": [ctx.labels, ctx.num_labels, ctx.train_on_inputs, ctx.max_length],
+            "tokens": asdict(tokens),
+            "quality": asdict(quality),
+            "split": asdict(split),
+            "seed": seed,
+            "encoding_errors": encoding_errors,
+        }
+    )

@@ -40,7 +40,7 @@ _PHONE = re.compile(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class QualityRules:
     """Which quality rules run on the data files; each is a `--data.quality.<name>` flag.
 
@@ -186,8 +186,9 @@ def _has_text(value) -> bool:
     return value is not None
 
 
-def _rewrite(records: list[Record], fields: Sequence[str], fn: Callable[[str], str], rule: str,
-             report: QualityReport) -> list[Record]:
+def _rewrite(
+    records: list[Record], fields: Sequence[str], fn: Callable[[str], str], rule: str, report: QualityReport
+) -> list[Record]:
     """The records with `fn` applied to the strings of their text fields; changed ones are new dicts."""
     out, changed = [], []
     for number, record in records:
@@ -199,8 +200,9 @@ def _rewrite(records: list[Record], fields: Sequence[str], fn: Callable[[str], s
     return out
 
 
-def _filter(records: list[Record], keep: list[bool], rule: str, report: QualityReport,
-            removed: dict[str, int]) -> list[Record]:
+def _filter(
+    records: list[Record], keep: list[bool], rule: str, report: QualityReport, removed: dict[str, int]
+) -> list[Record]:
     report.note(report.dropped, rule, [number for (number, _), kept in zip(records, keep) if not kept])
     removed[rule] = keep.count(False)
     return [record for record, kept in zip(records, keep) if kept]
@@ -237,8 +239,9 @@ def _first_of_near_duplicates(records: list[Record], fields: Sequence[str], thre
     return keep
 
 
-def _normalize(records: list[Record], fields: Sequence[str], rules: QualityRules, report: QualityReport
-               ) -> list[Record]:
+def _normalize(
+    records: list[Record], fields: Sequence[str], rules: QualityRules, report: QualityReport
+) -> list[Record]:
     if rules.normalize_unicode:
         records = _rewrite(records, fields, _normalize_unicode, "normalize_unicode", report)
     if rules.normalize_whitespace:
@@ -260,8 +263,15 @@ def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport) 
     return records
 
 
-def clean(records: list[Record], fields: Sequence[str], rules: QualityRules, report: QualityReport, *, source: str,
-          key_fields: Sequence[str] = ()) -> list[Record]:
+def clean(
+    records: list[Record],
+    fields: Sequence[str],
+    rules: QualityRules,
+    report: QualityReport,
+    *,
+    source: str,
+    key_fields: Sequence[str] = (),
+) -> list[Record]:
     """The records after normalise -> drop_empty -> scrub_pii -> exact_dedup -> near_dedup; counts go to `report`.
 
     A text field in no record is a misconfiguration, and an empty result would only fail later, so both raise.
@@ -292,8 +302,15 @@ def clean(records: list[Record], fields: Sequence[str], rules: QualityRules, rep
     return records
 
 
-def remove_leaks(train: list[Record], others: Sequence[list[Record]], fields: Sequence[str], rules: QualityRules,
-                 report: QualityReport, *, key_fields: Sequence[str] = ()) -> list[Record]:
+def remove_leaks(
+    train: list[Record],
+    others: Sequence[list[Record]],
+    fields: Sequence[str],
+    rules: QualityRules,
+    report: QualityReport,
+    *,
+    key_fields: Sequence[str] = (),
+) -> list[Record]:
     """The train records that do not equal (after normalisation) or nearly equal a record of the other splits.
 
     A val/test example also seen in training inflates the scores; removals count under dropped["leakage"].
@@ -358,5 +375,7 @@ def rebalance(records: list[Record], label_field: str, mode: str, seed: int, rep
             copies[i] += change
     report.note(report.dropped, "rebalance", [number for (number, _), count in zip(records, copies) if count == 0])
     if mode == "upsample":
-        report.note(report.modified, "rebalance", [n for (n, _), count in zip(records, copies) for _ in range(count - 1)])
+        report.note(
+            report.modified, "rebalance", [n for (n, _), count in zip(records, copies) for _ in range(count - 1)]
+        )
     return [record for record, count in zip(records, copies) for _ in range(count)]

@@ -21,8 +21,10 @@ def print_report(report: dict, console: Console | None = None) -> None:
     steps += [(f"changed: {rule}", lambda e, r=rule: e["quality"]["modified"].get(r, 0)) for rule in modified]
     pii = sorted({kind for name in splits for kind in report[name]["quality"]["pii"]})
     steps += [(f"PII replaced: {kind}", lambda e, k=kind: e["quality"]["pii"].get(k, 0)) for kind in pii]
-    steps += [(f"tokens: {status}", lambda e, s=status: e["tokens"][s])
-              for status in ("truncated", "overlong_dropped", "no_label_tokens")]
+    steps += [
+        (f"tokens: {status}", lambda e, s=status: e["tokens"][s])
+        for status in ("truncated", "too_short", "overlong_dropped", "no_label_tokens")
+    ]
     steps += [("examples kept", lambda e: e["examples"])]
     for label, value in steps:
         rows.add_row(label, *(f"{value(report[name]):,}" for name in splits))

@@ -28,11 +28,20 @@ Source = str | dict[str, str]  # a file, a folder or a hub dataset name; or {lab
 TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".txt")
 DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {".gz": gzip.decompress, ".bz2": bz2.decompress}
 SIGNATURES = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".parquet": b"PAR1"}
-SUPPORTED = ("supported: .jsonl, .json, .csv, .tsv, .parquet, .txt, each optionally .gz or .bz2; "
-             "a folder saved with datasets' save_to_disk; a hub dataset name")
+SUPPORTED = (
+    "supported: .jsonl, .json, .csv, .tsv, .parquet, .txt, each optionally .gz or .bz2; "
+    "a folder saved with datasets' save_to_disk; a hub dataset name"
+)
 HUB_NAME = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
-JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-              type(None): "null"}
+JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def check_source(source: Source, flag: str) -> None:
@@ -48,8 +57,15 @@ def check_source(source: Source, flag: str) -> None:
             _check_signature(path, f"{flag} {name}", compression or kind)
 
 
-def read_records(source: Source, flag: str, *, encoding_errors: Literal["strict", "replace"] = "strict",
-                 label_field: str = "label", text_field: str = "text", split: str = "train") -> list[Record]:
+def read_records(
+    source: Source,
+    flag: str,
+    *,
+    encoding_errors: Literal["strict", "replace"] = "strict",
+    label_field: str = "label",
+    text_field: str = "text",
+    split: str = "train",
+) -> list[Record]:
     """All records of the source. `flag` (e.g. "--data.train_path") is used in error messages.
 
     Text-based files are parsed here (not by `datasets`) so that errors can name the file's line.
@@ -159,8 +175,10 @@ def _check_signature(path: Path, where: str, kind: str) -> None:
 def _check_folder(path: Path, where: str) -> None:
     """A folder is only data if `save_to_disk` wrote it: other folders have no defined record order or schema."""
     if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        raise UserError(f"{where}: a folder, but not one saved with datasets' save_to_disk "
-                        f"(no dataset_dict.json or state.json in it)")
+        raise UserError(
+            f"{where}: a folder, but not one saved with datasets' save_to_disk "
+            f"(no dataset_dict.json or state.json in it)"
+        )
 
 
 def _read_file(path: Path, name: str, flag: str, in_mapping: bool, errors: str, text_field: str) -> list[Record]:
@@ -196,12 +214,17 @@ def _decode(data: bytes, name: str, errors: str) -> str:
     except UnicodeDecodeError as err:
         if errors == "strict":
             line = data.count(b"\n", 0, err.start) + 1
-            column = len(data[data.rfind(b"\n", 0, err.start) + 1:err.start].decode("utf-8")) + 1
-            raise UserError(f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
-                            f"fix the file or set --data.encoding_errors replace") from err
+            column = len(data[data.rfind(b"\n", 0, err.start) + 1 : err.start].decode("utf-8")) + 1
+            raise UserError(
+                f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
+                f"fix the file or set --data.encoding_errors replace"
+            ) from err
     bad = [number for number, line in enumerate(data.split(b"\n"), start=1) if not _is_utf8(line)]
-    warnings.warn(f"{name}: {len(bad)} line(s) not valid UTF-8 (first: line {bad[0]}); "
-                  f"their invalid bytes were replaced with U+FFFD", stacklevel=4)
+    warnings.warn(
+        f"{name}: {len(bad)} line(s) not valid UTF-8 (first: line {bad[0]}); "
+        f"their invalid bytes were replaced with U+FFFD",
+        stacklevel=4,
+    )
     return data.decode("utf-8", errors="replace")
 
 
@@ -316,8 +339,9 @@ def _read_folder(path: Path, name: str, flag: str, split: str) -> list[Record]:
         raise UserError(f"{_where(flag, name)}: cannot load the saved dataset ({_first_line(err)})") from err
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
-            raise UserError(f"{_where(flag, name)}: no split {split!r} in this DatasetDict "
-                            f"(splits there: {', '.join(data)})")
+            raise UserError(
+                f"{_where(flag, name)}: no split {split!r} in this DatasetDict (splits there: {', '.join(data)})"
+            )
         data = data[split]
     return list(enumerate(data.to_list(), start=1))
 
@@ -329,8 +353,10 @@ def _read_hub(name: str, flag: str, split: str) -> list[Record]:
     try:
         data = datasets.load_dataset(name, split=split)
     except Exception as err:  # offline, unreachable, not found, gated, no such split: all end the same way
-        raise UserError(f"{_where(flag, name)}: not a local file or folder, and the hub dataset could not be loaded "
-                        f"({_first_line(err)}); offline, point to a local file") from err
+        raise UserError(
+            f"{_where(flag, name)}: not a local file or folder, and the hub dataset could not be loaded "
+            f"({_first_line(err)}); offline, point to a local file"
+        ) from err
     return list(enumerate(data.to_list(), start=1))
 
 
@@ -338,8 +364,9 @@ def _set_label(records: list[Record], label: str, field: str, name: str) -> None
     """Gives every record of a file its mapping label; a record that already says otherwise is an error."""
     for number, record in records:
         if record.get(field) is not None and record[field] != label:
-            raise UserError(f"{name}:{number}: field {field!r} is {record[field]!r}, but the mapping labels "
-                            f"this file {label!r}")
+            raise UserError(
+                f"{name}:{number}: field {field!r} is {record[field]!r}, but the mapping labels this file {label!r}"
+            )
         record[field] = label
 
 

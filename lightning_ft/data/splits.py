@@ -14,7 +14,7 @@ from lightning_ft.errors import UserError
 FLAG = "--data.split"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitSpec:
     """How to carve splits from the training file when no separate val/test files are given.
 
@@ -43,8 +43,9 @@ class SplitSpec:
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{FLAG}.{name} {getattr(self, name)} must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
-            raise UserError(f"{FLAG}.val_fraction {self.val_fraction} + {FLAG}.test_fraction {self.test_fraction} "
-                            "must be < 1")
+            raise UserError(
+                f"{FLAG}.val_fraction {self.val_fraction} + {FLAG}.test_fraction {self.test_fraction} must be < 1"
+            )
         if self.num_folds is None:
             if self.fold != 0:
                 raise UserError(f"{FLAG}.fold {self.fold} needs {FLAG}.num_folds")
@@ -56,8 +57,10 @@ class SplitSpec:
             if self.fold >= self.num_folds:
                 raise UserError(f"{FLAG}.fold {self.fold} must be < {FLAG}.num_folds {self.num_folds}")
             if self.val_fraction:
-                raise UserError(f"{FLAG}.val_fraction {self.val_fraction} must be 0 with {FLAG}.num_folds "
-                                f"(fold {self.fold} is the validation set)")
+                raise UserError(
+                    f"{FLAG}.val_fraction {self.val_fraction} must be 0 with {FLAG}.num_folds "
+                    f"(fold {self.fold} is the validation set)"
+                )
         for other in ("num_folds", "stratify_by"):
             if self.time_field is not None and getattr(self, other) is not None:
                 raise UserError(f"{FLAG}.time_field cannot be combined with {FLAG}.{other}")
@@ -81,15 +84,18 @@ def carve(records: list[Record], spec: SplitSpec, seed: int) -> dict[str, list[R
         order = _time_order(records, spec.time_field)
         n_test, n_val = _sizes(len(order), spec)
         cut = len(order) - n_test - n_val
-        parts = {"train": order[:cut], "val": order[cut:cut + n_val], "test": order[cut + n_val:]}
+        parts = {"train": order[:cut], "val": order[cut : cut + n_val], "test": order[cut + n_val :]}
     else:
         order = _shuffled_order(records, spec.stratify_by, random.Random(seed))
         n_test, n_val = _sizes(len(order), spec)
         test, rest = _spread(order, n_test)
         val, train = _spread(rest, n_val) if spec.num_folds is None else _folds(rest, spec)
         parts = {"train": train, "val": val, "test": test}
-    return {name: [records[i] for i in sorted(parts[name])] for name in ("train", "val", "test")
-            if parts[name] or name == "train"}
+    return {
+        name: [records[i] for i in sorted(parts[name])]
+        for name in ("train", "val", "test")
+        if parts[name] or name == "train"
+    }
 
 
 def _size(n: int, fraction: float) -> int:
@@ -103,8 +109,10 @@ def _sizes(n: int, spec: SplitSpec) -> tuple[int, int]:
     """(test size, val size) for n records; training must keep at least one record."""
     n_test, n_val = _size(n, spec.test_fraction), _size(n, spec.val_fraction)
     if n - n_test - n_val < 1:
-        raise UserError(f"{FLAG}.val_fraction {spec.val_fraction} and {FLAG}.test_fraction {spec.test_fraction} "
-                        f"leave no training records out of {n}")
+        raise UserError(
+            f"{FLAG}.val_fraction {spec.val_fraction} and {FLAG}.test_fraction {spec.test_fraction} "
+            f"leave no training records out of {n}"
+        )
     return n_test, n_val
 
 
@@ -141,7 +149,7 @@ def _folds(rest: list[int], spec: SplitSpec) -> tuple[list[int], list[int]]:
     k = spec.num_folds
     if len(rest) < k:
         raise UserError(f"{FLAG}.num_folds {k} needs at least {k} records outside the test split, got {len(rest)}")
-    return rest[spec.fold::k], [i for p, i in enumerate(rest) if p % k != spec.fold]
+    return rest[spec.fold :: k], [i for p, i in enumerate(rest) if p % k != spec.fold]
 
 
 def _time_order(records: list[Record], field: str) -> list[int]:
@@ -151,8 +159,10 @@ def _time_order(records: list[Record], field: str) -> list[int]:
     times = [_parse_time(line, record, field) for line, record in records]
     for (line, record), (kind, _) in zip(records, times):
         if kind != times[0][0]:
-            raise UserError(f"record at line {line}: field '{field}' ({FLAG}.time_field) is {kind}, "
-                            f"{record[field]!r}, but line {records[0][0]} has {times[0][0]}")
+            raise UserError(
+                f"record at line {line}: field '{field}' ({FLAG}.time_field) is {kind}, "
+                f"{record[field]!r}, but line {records[0][0]} has {times[0][0]}"
+            )
     return sorted(range(len(records)), key=lambda i: times[i][1])
 
 
@@ -173,5 +183,7 @@ def _parse_time(line: int, record: dict, field: str) -> tuple[str, float | datet
             pass
         else:
             return ("a date with a timezone" if parsed.tzinfo else "a date without a timezone"), parsed
-    raise UserError(f"record at line {line}: field '{field}' ({FLAG}.time_field) is {value!r}, "
-                    "not a number or an ISO-8601 date/time")
+    raise UserError(
+        f"record at line {line}: field '{field}' ({FLAG}.time_field) is {value!r}, "
+        "not a number or an ISO-8601 date/time"
+    )

@@ -10,4 +10,4 @@ from lightning_ft.methods.qlora import QLoRA
 # The methods `--model.method NAME` knows by their short name (any Method subclass works by full class path).
 METHODS = (Full, LoRA, QLoRA, PrefixTuning, BottleneckAdapter)
 
-__all__ = ["METHODS", "Method", "count_parameters", "Full", "LoRA", "QLoRA", "PrefixTuning", "BottleneckAdapter"]
+__all__ = ["METHODS", "BottleneckAdapter", "Full", "LoRA", "Method", "PrefixTuning", "QLoRA", "count_parameters"]

@@ -32,7 +32,6 @@ class Method(ABC):
 
     def quantization_config(self):
         """A transformers quantization config the base must be loaded with, or None."""
-        return None
 
     @abstractmethod
     def apply(self, model: nn.Module, task: str) -> nn.Module:
@@ -50,15 +49,12 @@ class Method(ABC):
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise UserError(
-                f"{self} weights do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+            raise UserError(f"{self} weights do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.load_state_dict(state, strict=False)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the trained weights into plain base weights and return the plain model."""
         raise UserError(f"{type(self).__name__} cannot be merged into the base weights")
-
 
 
 def unfreeze_classifier_head(model: nn.Module) -> None:

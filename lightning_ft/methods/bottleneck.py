@@ -17,8 +17,14 @@ from lightning_ft.methods.base import Method, linear_module_names, unfreeze_clas
 
 # Output projections of the attention and MLP sublayers in common architectures (Llama/Mistral/Qwen, BERT,
 # GPT-2, OPT/BART, Falcon/Bloom, GPT-NeoX). A name matches if it ends with one of these.
-ATTENTION_OUTPUTS = ("self_attn.o_proj", "attention.output.dense", "attn.c_proj", "self_attn.out_proj",
-                     "self_attention.dense", "attention.dense")
+ATTENTION_OUTPUTS = (
+    "self_attn.o_proj",
+    "attention.output.dense",
+    "attn.c_proj",
+    "self_attn.out_proj",
+    "self_attention.dense",
+    "attention.dense",
+)
 MLP_OUTPUTS = ("mlp.down_proj", "output.dense", "mlp.c_proj", "fc2", "mlp.dense_4h_to_h")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 

@@ -60,7 +60,8 @@ class LoRA(Method):
             if "not found in the base model" not in str(err):
                 raise
             raise UserError(
-                f"target_modules {self.target_modules!r} match no layer; layers: {', '.join(linear_module_names(model))}"
+                f"target_modules {self.target_modules!r} match no layer; "
+                f"layers: {', '.join(linear_module_names(model))}"
             ) from err
 
     def _check_targets(self, model: nn.Module) -> None:

@@ -24,5 +24,14 @@ def resolve_format(format: str | DataFormat) -> DataFormat:
     return FORMATS[format]()
 
 
-__all__ = ["FORMATS", "IGNORE_INDEX", "DataFormat", "EncodeContext", "Chat", "Classification", "Instruction", "Text",
-           "resolve_format"]
+__all__ = [
+    "FORMATS",
+    "IGNORE_INDEX",
+    "Chat",
+    "Classification",
+    "DataFormat",
+    "EncodeContext",
+    "Instruction",
+    "Text",
+    "resolve_format",
+]

@@ -8,7 +8,8 @@ conversation up to that turn, and tokens are assigned to spans through the token
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data.formats.base import DataFormat, EncodeContext
@@ -93,8 +94,10 @@ class Chat(DataFormat):
                 start = len(render(messages[:index], message["role"] == "assistant"))
                 done = render(messages[: index + 1], False)
                 if not text.startswith(done) or start > len(done):
-                    raise UserError("the chat template does not render a conversation as the sum of its turns; "
-                                    "set --data.format.chat_template to one that does")
+                    raise UserError(
+                        "the chat template does not render a conversation as the sum of its turns; "
+                        "set --data.format.chat_template to one that does"
+                    )
                 spans.append((start, len(done)))
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids = encoded["input_ids"]
