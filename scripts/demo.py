@@ -22,31 +22,13 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_llama
+from tiny_model import WORDS, build_tiny_llama
 
 from lightning_ft import FineTuneModule
 from lightning_ft.data.formats import Instruction
 from lightning_ft.loading import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = [
-    "red",
-    "blue",
-    "green",
-    "black",
-    "white",
-    "pink",
-    "gray",
-    "gold",
-    "cat",
-    "dog",
-    "cow",
-    "pig",
-    "owl",
-    "fox",
-    "bee",
-    "ant",
-]
 console = Console()
 
 

@@ -19,6 +19,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+# The toy vocabulary of the demo's and the tests' word-list tasks.
+WORDS = tuple("red blue green black white pink gray gold cat dog cow pig owl fox bee ant".split())  # noqa: SIM905
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:

@@ -17,28 +17,10 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from tiny_model import build_tiny_llama
+from tiny_model import WORDS, build_tiny_llama
 
 from lightning_ft.cli import main
 
-WORDS = [
-    "red",
-    "blue",
-    "green",
-    "black",
-    "white",
-    "pink",
-    "gray",
-    "gold",
-    "cat",
-    "dog",
-    "cow",
-    "pig",
-    "owl",
-    "fox",
-    "bee",
-    "ant",
-]
 LABELS = ["neg", "pos"]
 
 
