@@ -1,4 +1,4 @@
-"""`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; `data` reports on the data.
+"""`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -6,19 +6,23 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
+import statistics
 import sys
 import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from rich.console import Console
+from rich.table import Table
 
+from lightning_ft.callbacks import Checkpoint, ClassificationMetrics, GenerationMetrics, RestoreBestWeights
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.report import print_report
 from lightning_ft.errors import UserError
@@ -52,12 +56,15 @@ class FineTuneCLI(LightningCLI):
             save_config_callback=SaveConfigToRunDir,
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the module's `optim` settings own the optimizer
+            trainer_defaults={"callbacks": [ClassificationMetrics()]},  # a no-op for causal LMs
             parser_kwargs={name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} | {"exit_on_error": False},
             args=args,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.add_lightning_class_args(RestoreBestWeights, "restore_best")
+        parser.add_lightning_class_args(GenerationMetrics, "generation")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_loss",  # dropped when there is no validation data
@@ -109,22 +116,81 @@ class DataCLI(FineTuneCLI):
         pass  # instantiate the classes, run nothing; `data_command` takes over
 
 
+def pop_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of `name VALUE` in argv (or None), and argv without them."""
+    if name not in argv:
+        return None, argv
+    position = argv.index(name)
+    if position + 1 >= len(argv):
+        raise UserError(f"{name} needs a value")
+    return argv[position + 1], argv[:position] + argv[position + 2 :]
+
+
 def data_command(argv: list[str]) -> None:
     """lightning-ft data --config X.yaml [flags] [--output report.json]"""
-    output = None
-    if "--output" in argv:
-        position = argv.index("--output")
-        if position + 1 >= len(argv):
-            raise UserError("--output needs a file name")
-        output = Path(argv[position + 1])
-        argv = argv[:position] + argv[position + 2 :]
+    output, argv = pop_option(argv, "--output")
     datamodule = DataCLI(args=["fit", *argv]).datamodule
     datamodule.setup("fit")
     print_report(datamodule.report)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(datamodule.report, indent=2))
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(datamodule.report, indent=2))
         print(f"report: {output}")
+
+
+def cv_command(argv: list[str]) -> None:
+    """lightning-ft cv --config X.yaml --folds K [flags]: one fit per fold of the training data, then mean +- std.
+
+    Fold i validates on the i-th of K folds (`--data.split.*`) and trains on the rest, in `<run dir>/fold_i`;
+    each fold's best weights are validated once more, and `<run dir>/cv.json` holds every metric per fold.
+    """
+    folds, argv = pop_option(argv, "--folds")
+    if folds is None or not folds.isdigit() or int(folds) < 2:
+        raise UserError(f"--folds needs a whole number >= 2, got {folds}")
+    root = Path(DataCLI(args=["fit", *argv]).trainer.default_root_dir)
+    per_fold = []
+    for fold in range(int(folds)):
+        fold_args = ["--data.split.num_folds", folds, "--data.split.fold", str(fold)]
+        cli = FineTuneCLI(args=["fit", *argv, *fold_args, "--trainer.default_root_dir", str(root / f"fold_{fold}")])
+        per_fold.append(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0])
+    summary = summarize_folds(per_fold)
+    print_fold_summary(summary, int(folds))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cv.json").write_text(json.dumps({"folds": per_fold, "summary": summary}, indent=2))
+    print(f"cross-validation: {root / 'cv.json'}")
+
+
+def summarize_folds(per_fold: list[dict]) -> dict:
+    """Mean and sample standard deviation (n - 1) of every metric over the folds."""
+    names = sorted(set().union(*per_fold))
+    return {
+        name: {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        for name in names
+        for values in [[fold[name] for fold in per_fold if name in fold]]
+    }
+
+
+def print_fold_summary(summary: dict, folds: int) -> None:
+    table = Table(title=f"{folds}-fold cross-validation (best weights of each fold)")
+    for column in ("metric", "mean", "std"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in summary.items():
+        table.add_row(name, f"{value['mean']:.4f}", f"{value['std']:.4f}")
+    Console().print(table)
+
+
+def evaluation_command(module: str):
+    """A command of lightning_ft.evaluation, imported only when run (lm-eval is slow to import)."""
+    return lambda argv: importlib.import_module(f"lightning_ft.evaluation.{module}").main(argv)
+
+
+# Commands beyond LightningCLI's fit / validate / test / predict.
+COMMANDS = {
+    "data": data_command,
+    "cv": cv_command,
+    "eval": evaluation_command("benchmarks"),
+    "human-eval": evaluation_command("human"),
+}
 
 
 def explain(err: Exception) -> str:
@@ -144,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     # We hand LightningCLI the (filtered) sys.argv ourselves; its warning about that is meant for other cases.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
-        if argv[:1] == ["data"]:
-            data_command(argv[1:])
+        if argv[:1] and argv[0] in COMMANDS:
+            COMMANDS[argv[0]](argv[1:])
         else:
             FineTuneCLI(args=argv)
     except (UserError, ArgumentError, MisconfigurationException) as err:  # Lightning's own flag/config errors

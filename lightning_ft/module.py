@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MeanMetric
 
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.errors import UserError
@@ -51,6 +53,7 @@ class FineTuneModule(LightningModule):
         self.optim = optim
         self.model = None  # built in configure_model, so sharded strategies can build it in place
         self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
+        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -74,19 +77,11 @@ class FineTuneModule(LightningModule):
 
     # -- training -------------------------------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
-        # Packed rows come with position_ids and no attention mask; transformers then keeps examples apart, but
-        # only with no cache in play (see DESIGN.md): hence use_cache=False.
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).logits
-
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """Mean loss over the batch's label tokens (causal LM) or examples (classification), and their count."""
-        if "position_ids" in batch and not self.method.supports_packing:
-            raise UserError(f"{type(self.method).__name__} cannot train on packed rows; use another --data.batching")
-        logits = self(**batch)
-        labels = batch["labels"]
+        return self.loss_from_logits(self(**batch), batch["labels"])
+
+    def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         if self.hparams.task == "sequence_classification":
             return F.cross_entropy(logits.float(), labels), labels.numel()
         # Prefix tuning prepends no logits; shift so position t predicts token t + 1.
@@ -97,21 +92,51 @@ class FineTuneModule(LightningModule):
         )
         return total / max(count, 1), count
 
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        if position_ids is not None and attention_mask is None and not self.method.supports_packing:
+            raise UserError(f"{type(self.method).__name__} cannot train on packed rows; use another --data.batching")
+        # Packed rows come with position_ids and no attention mask; transformers then keeps examples apart, but
+        # only with no cache in play (see DESIGN.md): hence use_cache=False.
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, count = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "test")
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
-        loss, count = self.loss(batch)
-        # batch_size=count makes the epoch value a token-weighted (example-weighted) mean, not a mean of means.
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+    def _eval_step(self, batch: dict, stage: str) -> dict:
+        """Accumulate the loss weighted by label tokens (examples); return predictions for metric callbacks."""
+        logits = self(**batch)
+        loss, count = self.loss_from_logits(logits, batch["labels"])
+        self.eval_loss[stage].update(loss.detach(), count)
+        if self.hparams.task == "sequence_classification":
+            return {"loss": loss, "preds": logits.argmax(-1), "target": batch["labels"]}
+        return {"loss": loss}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_loss("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_loss("test")
+
+    def _log_eval_loss(self, stage: str) -> None:
+        """The token-weighted mean over the whole eval set, summed exactly across processes (torchmetrics)."""
+        metric = self.eval_loss[stage]
+        if not metric.update_count:
+            return
+        loss = metric.compute()
+        metric.reset()
+        self.log(f"{stage}_loss", loss, prog_bar=True)
+        if self.hparams.task == "causal_lm":
+            self.log(f"{stage}_perplexity", loss.exp())  # exp of the mean token negative log-likelihood
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim)
@@ -134,17 +159,28 @@ class FineTuneModule(LightningModule):
         checkpoint["lightning_ft"] = {"method": repr(self.method), "rng_states": rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Check the checkpoint holds every trainable weight, then fill in the frozen ones from the base model."""
-        state = checkpoint["state_dict"]
-        missing = sorted(self._trainable_keys() - state.keys())
+        missing = sorted(self._trainable_keys() - checkpoint["state_dict"].keys())
         if missing:
             saved = checkpoint.get("lightning_ft", {}).get("method", "an unknown method")
             raise UserError(
                 f"checkpoint (trained with {saved}) lacks {len(missing)} weights this run trains "
                 f"with {self.method!r}, e.g. {missing[0]}"
             )
-        checkpoint["state_dict"] = {**self.state_dict(), **state}
         self.resumed_rng_states = checkpoint.get("lightning_ft", {}).get("rng_states")
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load weights, where only the trained ones must be present: the frozen ones came from the base model.
+
+        Strict about what matters (a trained weight missing, or a key this model does not have) and silent about
+        the frozen base weights an adapter checkpoint leaves out (4-bit ones could not be reloaded anyway).
+        """
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = sorted(set(result.missing_keys) & self._trainable_keys())
+        if strict and (missing or result.unexpected_keys):
+            raise UserError(
+                f"weights do not fit this model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
+        return result._replace(missing_keys=missing)
 
     def on_train_start(self) -> None:
         # Not at load time: the sanity-check validation in between draws from the global RNG (DataLoader seeds).

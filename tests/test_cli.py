@@ -121,6 +121,14 @@ def test_resume_equals_uninterrupted_run(cli, fit_args, tmp_path):
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+def test_qlora_resumes(cli, fit_args, tmp_path):
+    run_dir = tmp_path / "qlora"
+    method = ("--model.method", "QLoRA", "--model.method.compute_dtype", "float32")
+    assert cli(fit_args(*method, run_dir=run_dir)) == 0
+    assert cli(fit_args(*method, "--trainer.max_steps", "4", "--ckpt_path", "last", run_dir=run_dir)) == 0
+    assert load_ckpt(run_dir)["global_step"] == 4
+
+
 def test_rerun_into_the_same_dir_refuses_then_resumes(cli, fit_args, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert cli(fit_args("--model.method", "LoRA", run_dir=run_dir)) == 0
@@ -170,6 +178,22 @@ def test_bad_records_name_file_and_line(cli, fit_args, tmp_path, capsys):
 def test_format_and_task_must_agree(cli, fit_args, capsys):
     assert cli(fit_args("--data.format", "classification")) == 2
     assert "needs --model.task sequence_classification" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--model", "/no/model", "--tasks", "mmlu-pro"], "unknown task 'mmlu-pro'"),
+        (["human-eval", "report", "--key", "/no/key.json", "/no/sheet.csv"], "/no/key.json"),
+        (["cv", "--folds", "1"], "--folds needs a whole number >= 2"),
+        (["data", "--output"], "--output needs a value"),
+    ],
+    ids=["eval", "human-eval", "cv", "data"],
+)
+def test_other_commands_report_mistakes_in_one_line(cli, capsys, argv, message):
+    assert cli(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
 
 
 def test_console_script_exit_status_and_message(tmp_path):

@@ -6,7 +6,9 @@ import os
 from functools import partial
 from typing import Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -223,7 +225,13 @@ class FineTuneDataModule(LightningDataModule):
         return self._loader(data, self.batch_size, self.train_sampler)
 
     def eval_loader(self, name: str) -> DataLoader:
-        return self._loader(self.datasets[name].select_columns(["input_ids", "labels"]), self.eval_batch_size)
+        data = self.datasets[name].select_columns(["input_ids", "labels"])
+        # Under DDP, Lightning's default sampler pads the eval set with repeats so every process gets as many
+        # examples, and metrics count those twice; this one splits it exactly (process batch counts may differ by
+        # one, which evaluation tolerates: DDP syncs buffers only on the first no-grad forward).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler = UnrepeatedDistributedSampler(data, shuffle=False) if distributed else None
+        return self._loader(data, self.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.eval_loader("val") if "val" in self.datasets else []

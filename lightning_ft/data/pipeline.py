@@ -25,7 +25,7 @@ from lightning_ft.errors import UserError
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
-PIPELINE_VERSION = 1  # bump when a change here alters what a cached dataset would hold
+PIPELINE_VERSION = 2  # bump when a change here alters what a cached dataset would hold
 
 
 @dataclass
@@ -138,13 +138,17 @@ def tokenize(
     result, counts = {}, {}
     for name, split in records.items():
 
-        def encode(row: dict, split=split, origin=origins[name]) -> dict:
+        def encode(row: dict, split=split, origin=origins[name], held_out=name != "train") -> dict:
             line, record = split[row["index"]]
             try:
                 example, status = finish_example(fmt.encode(record, ctx), rules)
+                # Held-out examples keep their prompt and reference for generation metrics.
+                generation = fmt.generation_example(record, ctx.tokenizer) if held_out else None
             except UserError as err:
                 raise UserError(f"{origin}:{line}: {err}") from err
             example = example or {"input_ids": [], "labels": [] if fmt.task == "causal_lm" else -1}
+            if held_out:  # every row has the columns (datasets needs one schema); "" means no generation example
+                example |= generation or {"prompt": "", "prompt_ids": [], "reference": ""}
             return {**example, "length": len(example["input_ids"]), "status": status, "line": line}
 
         processes = num_proc if num_proc is not None else (os.cpu_count() if len(split) > 20_000 else None)

@@ -46,6 +46,11 @@ class DataFormat(ABC):
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         """{"input_ids": [...], "labels": [...] or int}; raise UserError naming the field on bad input."""
 
+    def generation_example(self, record: dict, tokenizer) -> dict | None:
+        """{"prompt", "prompt_ids", "reference"} for generation metrics: the prompt tokenized exactly as in
+        training, and the expected answer; None for formats without one."""
+        return None
+
 
 def field(record: dict, name: str, *, optional: bool = False) -> str:
     """The text of `record[name]` (a list of strings, as SciTLDR stores sentences, is joined with spaces)."""

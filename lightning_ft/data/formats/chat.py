@@ -77,8 +77,8 @@ class Chat(DataFormat):
                 raise UserError(f"field '{self.tools_field}' is not JSON ({err.msg})") from err
         return tools or None
 
-    def encode(self, record: dict, ctx: EncodeContext) -> dict:
-        tokenizer = ctx.tokenizer
+    def renderer(self, record: dict, tokenizer):
+        """The record's turns, and a function rendering some of them as the model sees them."""
         messages, tools = self.messages(record), self.tools(record)
         template = self.chat_template or tokenizer.chat_template or BUILTIN_TEMPLATE
 
@@ -86,6 +86,22 @@ class Chat(DataFormat):
             return tokenizer.apply_chat_template(
                 turns, chat_template=template, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
             )
+
+        return messages, render
+
+    def generation_example(self, record: dict, tokenizer) -> dict | None:
+        """The conversation up to its last assistant turn (with the assistant header), and that turn."""
+        messages, render = self.renderer(record, tokenizer)
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            return None
+        prompt = render(messages[:last], True)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return {"prompt": prompt, "prompt_ids": ids, "reference": messages[last]["content"]}
+
+    def encode(self, record: dict, ctx: EncodeContext) -> dict:
+        tokenizer = ctx.tokenizer
+        messages, render = self.renderer(record, tokenizer)
 
         text = render(messages, False)
         spans = []  # character spans of the trained turns, header excluded, end-of-turn marker included

@@ -46,5 +46,13 @@ class Instruction(DataFormat):
         template = self.template if extra.strip() else self.template_no_input
         return template.format(instruction=instruction, input=extra)
 
+    def generation_example(self, record: dict, tokenizer) -> dict:
+        prompt = self.prompt(record)
+        return {
+            "prompt": prompt,
+            "prompt_ids": tokenizer(prompt)["input_ids"],
+            "reference": field(record, self.output_field),
+        }
+
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         return encode_segments([(self.prompt(record), False), (field(record, self.output_field), True)], ctx)

@@ -1,0 +1,52 @@
+"""Best-checkpoint selection at the end of a fit (the `load_best_model_at_end` of transformers' Trainer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class RestoreBestWeights(Callback):
+    """When fit ends, load the best checkpoint's weights into the module and record which checkpoints exist.
+
+    The best one is ModelCheckpoint's (monitor/mode from the `checkpoint` settings; early stopping, if
+    configured, ends the run sooner). `checkpoints/selection.json` records monitor, best path and score, and
+    the last checkpoint, so scripts need not parse file names.
+
+    Args:
+        enabled: False keeps the final weights instead of the best ones (the record is written either way).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        checkpointing = trainer.checkpoint_callback
+        if checkpointing is None:
+            return
+        best = checkpointing.best_model_path
+        restored = bool(self.enabled and best and checkpointing.monitor)
+        if restored:
+            # Written by this very run, so unpickling it is safe (hyperparameters may hold method objects).
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            pl_module.load_state_dict(state)
+            rank_zero_info(
+                f"restored the best weights ({checkpointing.monitor}={checkpointing.best_model_score:.4f}) from {best}"
+            )
+        if trainer.is_global_zero:
+            score = checkpointing.best_model_score
+            record = {
+                "monitor": checkpointing.monitor,
+                "mode": checkpointing.mode,
+                "best_model_path": best,
+                "best_model_score": None if score is None else float(score),
+                "last_model_path": checkpointing.last_model_path,
+                "restored_best": restored,
+            }
+            folder = Path(checkpointing.dirpath or trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "selection.json").write_text(json.dumps(record, indent=2))

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, cross-validation and human evaluation."""

@@ -1,0 +1,596 @@
+"""`lightning-ft eval`: MMLU, HellaSwag, GSM8K, HumanEval and TruthfulQA on local files, through lm-eval-harness.
+
+Scores are meant to be comparable with published ones, so the harness does the work where it can: MMLU, HellaSwag
+and GSM8K run as lm-eval's own tasks (same prompts, few-shot sampling, filters and metrics; tasks/*.yaml copy
+them and only point them at local files). TruthfulQA runs through lm-eval too, from the authors' CSV, with MC1/MC2
+computed as the authors' code does (`truthfulqa_scores`). HumanEval is scored here: lm-eval would execute the
+model's code in-process, while we run every sample in `sandbox` and compute pass@k ourselves.
+
+Nothing is downloaded. The published files (see README of each folder of ../shared/datasets) are read and checked
+here, line by line, and written as JSONL with one lm-eval task YAML per task into a temp dir per run; the data dir
+is never written to.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub / datasets are first imported
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import datasets
+import numpy as np
+import torch
+import yaml
+from jsonargparse import ArgumentError, ArgumentParser
+from rich.console import Console
+from rich.table import Table
+
+from lightning_ft.errors import UserError
+from lightning_ft.evaluation import sandbox
+from lightning_ft.loading import DType, load_model, load_tokenizer
+
+try:  # the optional `eval` extra
+    from lm_eval import simple_evaluate
+    from lm_eval.api.instance import Instance
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks.hellaswag.utils import preprocess as hellaswag_preprocess
+except ImportError:  # pragma: no cover - depends on the installation
+    simple_evaluate = None
+
+TASKS = ("mmlu", "hellaswag", "gsm8k", "humaneval", "truthfulqa")
+TASKS_DIR = Path(__file__).parent / "tasks"
+FILES = {
+    "hellaswag": "hellaswag_val/hellaswag_val.jsonl.gz",
+    "gsm8k": "gsm8k/test.jsonl",
+    "humaneval": "humaneval/HumanEval.jsonl.gz",
+    "truthfulqa": "truthfulqa/TruthfulQA.csv",
+}
+GSM8K_TRAIN = "gsm8k/train.jsonl"
+MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+TRUTHFULQA_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+# lm-eval result keys ("metric,filter") -> our metric names, per task.
+METRICS = {
+    "mmlu": {"acc": "acc,none"},
+    "hellaswag": {"acc": "acc,none", "acc_norm": "acc_norm,none"},
+    "gsm8k": {"exact_match": "exact_match,strict-match", "exact_match_flexible": "exact_match,flexible-extract"},
+    "truthfulqa": {"mc1": "mc1,none", "mc2": "mc2,none"},
+}
+HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # Chen et al. 2021, as lm-eval's humaneval
+SEED = 1234  # lm-eval's default seed, also for HumanEval sampling
+
+
+# ------------------------------------------------------------------------------------------ reading the files
+
+
+def _malformed(path: Path, line: int, what: str) -> UserError:
+    return UserError(f"malformed benchmark file {path}, line {line}: {what}")
+
+
+def _open_text(path: Path):
+    try:
+        return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8", newline="")
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; gzip when the name ends in .gz."""
+    rows = []
+    try:
+        with _open_text(path) as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise _malformed(path, number, f"not JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise _malformed(path, number, "not a JSON object")
+                rows.append((number, row))
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not rows:
+        raise _malformed(path, 1, "no items")
+    return rows
+
+
+def _text(path: Path, line: int, row: dict, field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str):
+        raise _malformed(path, line, f"'{field}' is missing or not a string")
+    return value
+
+
+def _csv_rows(path: Path, header: bool):
+    """(line number, row) per CSV record; a dict per row when the file has a header."""
+    try:
+        with _open_text(path) as f:
+            reader = csv.DictReader(f) if header else csv.reader(f)
+            for row in reader:
+                yield reader.line_num, row
+    except csv.Error as err:
+        raise _malformed(path, reader.line_num, str(err)) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def read_mmlu(path: Path) -> list[dict]:
+    """question, choices, answer (0-3) per row; the header row of this copy (and hendrycks' letter answers) allowed."""
+    docs = []
+    for line, row in _csv_rows(path, header=False):
+        if row == MMLU_HEADER or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 6:
+            raise _malformed(path, line, f"expected 6 columns (question, 4 choices, answer), got {len(row)}")
+        answer = row[5].strip()
+        if answer not in ("0", "1", "2", "3", "A", "B", "C", "D"):
+            raise _malformed(path, line, f"answer must be 0-3 (or A-D), got {answer!r}")
+        docs.append({"question": row[0], "choices": row[1:5], "answer": "0123ABCD".index(answer) % 4})
+    if not docs:
+        raise _malformed(path, 1, "no questions")
+    return docs
+
+
+def read_hellaswag(path: Path) -> list[dict]:
+    """query and 4 endings cleaned as lm-eval's hellaswag does; also reads rowanz's original (ctx_a, ctx_b)."""
+    docs = []
+    for line, row in _jsonl(path):
+        endings, label = row.get("endings"), row.get("label")
+        if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)):
+            raise _malformed(path, line, "'endings' must be a list of 4 strings")
+        if str(label) not in ("0", "1", "2", "3"):
+            raise _malformed(path, line, f"'label' must be 0-3, got {label!r}")
+        if "query" in row:
+            query = _text(path, line, row, "query")
+        else:
+            ctx = _text(path, line, row, "ctx_a") + " " + _text(path, line, row, "ctx_b").capitalize()
+            query = _text(path, line, row, "activity_label") + ": " + ctx
+        choices = [hellaswag_preprocess(ending) for ending in endings]
+        docs.append({"query": hellaswag_preprocess(query), "choices": choices, "label": int(label)})
+    return docs
+
+
+def read_gsm8k(path: Path) -> list[dict]:
+    docs = []
+    for line, row in _jsonl(path):
+        question, answer = _text(path, line, row, "question"), _text(path, line, row, "answer")
+        if "####" not in answer:
+            raise _malformed(path, line, "'answer' has no final '#### <number>'")
+        docs.append({"question": question, "answer": answer})
+    return docs
+
+
+def read_humaneval(path: Path) -> list[dict]:
+    fields = ("task_id", "prompt", "test", "entry_point")
+    return [{field: _text(path, line, row, field) for field in fields} for line, row in _jsonl(path)]
+
+
+def _answers(text: str) -> list[str]:
+    """The authors' split_multi_answer: "; "-separated, each closed with a period."""
+    return [a if a.endswith(".") else a + "." for a in (part.strip() for part in text.split(";")) if a]
+
+
+def read_truthfulqa(path: Path) -> list[dict]:
+    """Per question: the true then the false answers, their labels, and which one is the best answer."""
+    docs = []
+    for line, row in _csv_rows(path, header=True):
+        missing = [column for column in TRUTHFULQA_COLUMNS if not (row.get(column) or "").strip()]
+        if missing:
+            raise _malformed(path, line, f"empty or missing column(s) {', '.join(missing)}")
+        best = _answers(row["Best Answer"])[0]
+        true, false = _answers(row["Correct Answers"]), _answers(row["Incorrect Answers"])
+        if best not in true:
+            true.insert(0, best)
+        labels = [1] * len(true) + [0] * len(false)
+        docs.append(
+            {"question": row["Question"].strip(), "choices": true + false, "labels": labels, "best": true.index(best)}
+        )
+    if not docs:
+        raise _malformed(path, 1, "no questions")
+    return docs
+
+
+def truthfulqa_scores(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    """MC1: the best answer's log-likelihood is strictly above every false answer's (a tie is a miss).
+    MC2: the probability mass on the true answers, normalised over all answers (Lin et al. 2021)."""
+    ll = np.array([loglikelihood for loglikelihood, _ in results])
+    true = np.array(doc["labels"]) == 1
+    probs = np.exp(ll - ll.max())  # shifted: the same ratios, without underflow on long answers
+    return {"mc1": float(ll[doc["best"]] > ll[~true].max()), "mc2": float(probs[true].sum() / probs.sum())}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. 2021: 1 - C(n-c, k) / C(n, k), from n samples of which c pass."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# --------------------------------------------------------------------------------------------- planning a run
+
+
+def _required(data_dir: Path, relative: str, task: str) -> Path:
+    path = data_dir / relative
+    if not path.is_file():
+        raise UserError(f"{task}: missing data file {relative} (looked in {data_dir.resolve()})")
+    return path
+
+
+def _mmlu_subjects(data_dir: Path) -> list[str]:
+    test_dir = data_dir / "mmlu" / "test"
+    subjects = sorted(p.name.removesuffix("_test.csv") for p in test_dir.glob("*_test.csv"))
+    if not subjects:
+        raise UserError(f"mmlu: no <subject>_test.csv files in {test_dir.resolve()} (set --data_dir)")
+    return subjects
+
+
+def plan(tasks: list[str], data_dir: Path, *, allow_code_execution: bool = False) -> list[str]:
+    """The tasks to run, `mmlu` expanded to `mmlu_<subject>` for each subject; fails on any unknown name,
+    missing file or missing permission before a model is loaded."""
+    if not tasks:
+        raise UserError(f"--tasks: give one or more of {', '.join(TASKS)} (or mmlu_<subject>)")
+    if not data_dir.is_dir():
+        raise UserError(f"benchmark data dir {data_dir.resolve()} does not exist (set --data_dir)")
+    names = []
+    for task in tasks:
+        if task == "mmlu":
+            names += ["mmlu"] + [f"mmlu_{subject}" for subject in _mmlu_subjects(data_dir)]
+        elif task.startswith("mmlu_"):
+            if task.removeprefix("mmlu_") not in _mmlu_subjects(data_dir):
+                raise UserError(
+                    f"unknown MMLU subject '{task}': no mmlu/test/{task[5:]}_test.csv in {data_dir.resolve()}"
+                )
+            names.append(task)
+        elif task in FILES:
+            _required(data_dir, FILES[task], task)
+            names.append(task)
+        else:
+            raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)}, or mmlu_<subject> for one subject)")
+    if "humaneval" in names and not allow_code_execution:
+        raise UserError(
+            "humaneval runs the code the model writes on this machine (in a sandbox that limits but cannot rule "
+            "out harm); add --allow_code_execution to accept that"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _write_jsonl(path: Path, docs: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs), encoding="utf-8")
+    return str(path)
+
+
+def _write_task(work: Path, name: str, template: str, splits: dict[str, list[dict]], **overrides) -> None:
+    """A task YAML that includes our template and points lm-eval at this run's JSONL files."""
+    files = {split: _write_jsonl(work / "data" / f"{name}.{split}.jsonl", docs) for split, docs in splits.items()}
+    config = {
+        "include": str(TASKS_DIR / template),
+        "task": name,
+        "dataset_kwargs": {"data_files": files, "cache_dir": str(work / "cache")},
+        **overrides,
+    }
+    (work / "tasks").mkdir(exist_ok=True)
+    (work / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def _prepare(names: list[str], data_dir: Path, work: Path, num_fewshot: int | None) -> dict[str, int]:
+    """Read and check every file, write the lm-eval tasks; returns the few-shot count of each task."""
+    shots = {}
+    for name in names:
+        if name.startswith("mmlu_"):
+            subject = name.removeprefix("mmlu_")
+            k = 5 if num_fewshot is None else num_fewshot
+            splits = {"test": read_mmlu(_required(data_dir, f"mmlu/test/{subject}_test.csv", name))}
+            if k:
+                dev = _required(data_dir, f"mmlu/dev/{subject}_dev.csv", name)
+                splits["dev"] = read_mmlu(dev)
+                if len(splits["dev"]) < k:
+                    raise UserError(f"{name}: --num_fewshot {k} but {dev} has only {len(splits['dev'])} questions")
+            topic = subject.replace("_", " ")
+            description = f"The following are multiple choice questions (with answers) about {topic}.\n\n"
+            extra = {} if k else {"fewshot_split": None}
+            _write_task(work, name, "mmlu.yaml", splits, num_fewshot=k, description=description, **extra)
+            shots[name] = k
+        elif name == "hellaswag":
+            _write_task(work, name, "hellaswag.yaml", {"validation": read_hellaswag(data_dir / FILES[name])})
+            shots[name] = 0
+        elif name == "gsm8k":
+            has_train = (data_dir / GSM8K_TRAIN).is_file()
+            k = num_fewshot if num_fewshot is not None else 8 if has_train else 0
+            splits = {"test": read_gsm8k(data_dir / FILES[name])}
+            if k:
+                splits["train"] = read_gsm8k(_required(data_dir, GSM8K_TRAIN, "gsm8k few-shot"))
+            elif num_fewshot is None:
+                print(f"note: gsm8k runs zero-shot: no {GSM8K_TRAIN} in {data_dir.resolve()}", file=sys.stderr)
+            extra = {} if k else {"training_split": None, "fewshot_split": None}
+            _write_task(work, name, "gsm8k.yaml", splits, num_fewshot=k, **extra)
+            shots[name] = k
+        elif name == "truthfulqa":
+            _write_task(work, name, "truthfulqa.yaml", {"validation": read_truthfulqa(data_dir / FILES[name])})
+            shots[name] = 0
+        elif name == "humaneval":
+            shots[name] = 0
+    return shots
+
+
+# ------------------------------------------------------------------------------------------------ evaluating
+
+
+def _run_harness(lm, names: list[str], work: Path, limit: int | None, max_new_tokens: int | None):
+    manager = TaskManager(include_path=str(work / "tasks"), include_defaults=False)
+    output = simple_evaluate(
+        model=lm,
+        tasks=names,
+        task_manager=manager,
+        limit=limit,
+        log_samples=False,
+        gen_kwargs={"max_gen_toks": max_new_tokens} if max_new_tokens else None,
+    )
+    return output["results"], {name: counts["effective"] for name, counts in output["n-samples"].items()}
+
+
+def _metrics(task: str, raw: dict) -> dict[str, float]:
+    metrics = {}
+    for ours, key in METRICS["mmlu" if task.startswith("mmlu_") else task].items():
+        metrics[ours] = float(raw[key])
+        stderr = raw.get(key.replace(",", "_stderr,"))
+        if isinstance(stderr, float) and math.isfinite(stderr):
+            metrics[f"{ours}_stderr"] = stderr
+    return metrics
+
+
+def score_humaneval(
+    lm,
+    problems: list[dict],
+    *,
+    num_samples: int,
+    ks: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    timeout: float,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Generate `num_samples` completions per problem, run each with its tests in the sandbox, average pass@k."""
+    do_sample = num_samples > 1
+    if do_sample:
+        torch.manual_seed(SEED)
+    gen_kwargs = {"until": HUMANEVAL_STOP, "max_gen_toks": max_new_tokens, "do_sample": do_sample}
+    gen_kwargs["temperature"] = temperature if do_sample else 0.0
+    requests = [
+        Instance("generate_until", problem, (problem["prompt"], dict(gen_kwargs)), n, ("humaneval", i, num_samples))
+        for i, problem in enumerate(problems)
+        for n in range(num_samples)
+    ]
+    completions = lm.generate_until(requests)
+    programs = []
+    for request, completion in zip(requests, completions, strict=True):
+        for stop in HUMANEVAL_STOP:  # HFLM stops there already; a scripted LM may not
+            completion = completion.split(stop)[0]
+        problem = request.doc
+        programs.append(f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n")
+    outcomes = sandbox.run_programs(programs, timeout=timeout)
+    per_problem = [outcomes[i : i + num_samples] for i in range(0, len(outcomes), num_samples)]
+    passed = [sum(o.status == "passed" for o in samples) for samples in per_problem]
+    metrics = {f"pass@{k}": float(np.mean([pass_at_k(num_samples, c, k) for c in passed])) for k in ks}
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("passed", "failed", "timeout")}
+    return metrics, counts
+
+
+def evaluate(
+    lm,
+    tasks: list[str],
+    data_dir: Path,
+    *,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    allow_code_execution: bool = False,
+    num_samples: int = 1,
+    ks: list[int] | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.8,
+    timeout: float = 10.0,
+) -> dict:
+    """Scores per task (and per MMLU subject, with their question-weighted average as `mmlu`), JSON-serialisable.
+
+    `lm` is any lm_eval.api.model.LM: HFLM around our model, or a scripted one. `num_fewshot` overrides the
+    defaults of MMLU (5) and GSM8K (8); HellaSwag, TruthfulQA (fixed primer) and HumanEval stay zero-shot.
+    HumanEval draws `num_samples` completions per problem (greedy for one, else sampled at `temperature`) and
+    reports pass@k for each k in `ks`.
+    """
+    if simple_evaluate is None:
+        raise UserError("lightning-ft eval needs lm-evaluation-harness: pip install 'lightning-ft[eval]'")
+    ks = ks or [1]
+    if num_samples < 1 or any(k < 1 or k > num_samples for k in ks):
+        raise UserError(f"--k {','.join(map(str, ks))} needs 1 <= k <= --num_samples ({num_samples})")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num_fewshot must be 0 or more, got {num_fewshot}")
+    names = plan(tasks, data_dir, allow_code_execution=allow_code_execution)
+    harness = [name for name in names if name not in ("mmlu", "humaneval")]
+    results, samples, details = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="lft-eval-") as work:
+        shots = _prepare(names, data_dir, Path(work), num_fewshot)
+        problems = read_humaneval(data_dir / FILES["humaneval"])[:limit] if "humaneval" in names else []
+        if harness:
+            raw, samples = _run_harness(lm, harness, Path(work), limit, max_new_tokens)
+            results = {name: _metrics(name, raw[name]) for name in harness}
+    if "mmlu" in names:
+        subjects = [name for name in harness if name.startswith("mmlu_")]
+        total = sum(samples[name] for name in subjects)
+        results = {"mmlu": {"acc": sum(results[n]["acc"] * samples[n] for n in subjects) / total}, **results}
+        samples["mmlu"] = total
+    if problems:
+        results["humaneval"], details["humaneval"] = score_humaneval(
+            lm,
+            problems,
+            num_samples=num_samples,
+            ks=ks,
+            max_new_tokens=max_new_tokens or 512,
+            temperature=temperature,
+            timeout=timeout,
+        )
+        samples["humaneval"] = len(problems)
+        details["humaneval"]["sandbox"] = sandbox.isolation()
+    config = {
+        "tasks": tasks,
+        "data_dir": str(data_dir.resolve()),
+        "limit": limit,
+        "num_fewshot": {name: shots[name] for name in names if name in shots},
+        "lm_eval_version": importlib.metadata.version("lm_eval"),
+    }
+    if problems:
+        sampled_at = temperature if num_samples > 1 else 0.0
+        config["humaneval"] = {"num_samples": num_samples, "k": ks, "temperature": sampled_at, "timeout_s": timeout}
+    ordered = {name: results[name] for name in names if name in results}
+    return {"results": ordered, "samples": samples, "details": details, "config": config}
+
+
+# ------------------------------------------------------------------------------------------- model and CLI
+
+
+def load_for_eval(model: str, dtype: DType = "auto"):
+    """(model, tokenizer) from a Hugging Face model dir, or from a `lightning-ft fit` checkpoint: its base model plus
+    adapter, merged into plain weights when the method can merge (else the adapter model as it is)."""
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return load_model(str(path), "causal_lm", dtype=dtype).eval(), load_tokenizer(str(path))
+    if not (path.is_file() and path.suffix == ".ckpt"):
+        raise UserError(f"--model: {model} is neither a model directory (with config.json) nor a .ckpt file")
+    from lightning_ft.module import FineTuneModule  # Lightning only for checkpoints
+
+    try:
+        module = FineTuneModule.load_from_checkpoint(str(path), map_location="cpu")
+    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise UserError(f"--model: cannot load checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
+    hparams = module.hparams
+    if hparams.task != "causal_lm":
+        raise UserError(f"--model: {path} holds a {hparams.task} model; eval needs a causal LM")
+    tokenizer = load_tokenizer(hparams.model_name_or_path, hparams.trust_remote_code)
+    try:
+        merged = module.method.merge(module.model)
+    except UserError:  # prefix tuning, bottleneck adapters: evaluate with the adapter in place
+        merged = module.model
+    return merged.eval(), tokenizer
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lightning-ft eval", exit_on_error=False, description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--model", type=str, required=True, help="model dir, or a .ckpt from `lightning-ft fit`")
+    add("--tasks", type=str, required=True, help=f"comma-separated: {','.join(TASKS)}, or mmlu_<subject>")
+    add("--data_dir", type=str, default="../shared/datasets", help="benchmark files, in their published layout")
+    add("--limit", type=int, default=None, help="at most N items per task (per MMLU subject): for quick checks")
+    add("--num_fewshot", type=int, default=None, help="few-shot examples for mmlu (default 5) and gsm8k (8)")
+    add("--output", type=str, default=None, help="write the results as JSON here")
+    add("--baseline", type=str, default=None, help="an earlier --output JSON: show the change of each score")
+    add("--allow_code_execution", action="store_true", help="needed for humaneval: runs model-written code")
+    add("--num_samples", type=int, default=1, help="humaneval completions per problem (1: greedy)")
+    add("--k", type=str, default="1", help="humaneval pass@k for these k, comma-separated (each <= num_samples)")
+    add("--temperature", type=float, default=0.8, help="humaneval sampling temperature when num_samples > 1")
+    add("--timeout", type=float, default=10.0, help="humaneval seconds per sample before it counts as failed")
+    add("--max_new_tokens", type=int, default=None, help="generation length (default: gsm8k 256, humaneval 512)")
+    add("--batch_size", type=int, default=8, help="batch size of the lm-eval HF model wrapper")
+    add("--device", type=str, choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    add("--dtype", type=str, choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="model dir")
+    return parser
+
+
+def _read_baseline(path: str) -> dict:
+    try:
+        baseline = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--baseline: cannot read {path}: {err}") from None
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("results"), dict):
+        raise UserError(f"--baseline: {path} is not an output of lightning-ft eval (no 'results' object)")
+    return baseline["results"]
+
+
+def print_table(report: dict, baseline: dict | None = None) -> None:
+    """One row per task and metric; with a baseline (an earlier report's results), the change of each score."""
+    table = Table(title="lightning-ft eval")
+    for column in ("task", "metric", "value", "± stderr") + (("Δ vs baseline",) if baseline is not None else ()):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, metrics in report["results"].items():
+        for metric, value in metrics.items():
+            if metric.endswith("_stderr"):
+                continue
+            stderr = metrics.get(f"{metric}_stderr")
+            row = [task, metric, f"{value:.4f}", f"{stderr:.4f}" if stderr is not None else ""]
+            if baseline is not None:
+                old = baseline[task].get(metric) if isinstance(baseline.get(task), dict) else None
+                row.append(f"{value - old:+.4f}" if isinstance(old, int | float) else "n/a")
+            table.add_row(*row)
+    Console().print(table)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Temp file in the same folder, then rename: readers see the old file or the whole new one, never half."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str]) -> None:
+    """lightning-ft eval --model DIR_OR_CKPT --tasks mmlu,hellaswag,gsm8k,humaneval,truthfulqa [--limit N]
+    [--num_fewshot K] [--data_dir DIR] [--output results.json] [--baseline old_results.json]
+    [--allow_code_execution] [--num_samples N --k 1,10] [--batch_size B] [--device cpu|cuda] [--max_new_tokens N]"""
+    try:
+        args = _parser().parse_args(argv)
+    except ArgumentError as err:
+        raise UserError(f"eval: {' '.join(str(err).split())}") from None
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    try:
+        ks = [int(k) for k in args.k.split(",")]
+    except ValueError:
+        raise UserError(f"--k: expected comma-separated integers, got {args.k!r}") from None
+    data_dir = Path(args.data_dir).expanduser()
+    plan(tasks, data_dir, allow_code_execution=args.allow_code_execution)  # fail before loading the model
+    baseline = _read_baseline(args.baseline) if args.baseline else None
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.is_dir():
+            raise UserError(f"--output: {output} is a directory; give a file name")
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--output: cannot create {output.parent}: {err.strerror or err}") from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if simple_evaluate is None:
+        raise UserError("lightning-ft eval needs lm-evaluation-harness: pip install 'lightning-ft[eval]'")
+    from lm_eval.models.huggingface import HFLM
+
+    # lm-eval's per-task notes and its warning about being handed a model object, and the datasets' progress
+    # bars for our small JSONL files, would drown the table.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    model, tokenizer = load_for_eval(args.model, args.dtype)
+    lm = HFLM(pretrained=model.to(device), tokenizer=tokenizer, batch_size=args.batch_size)
+    options = {name: getattr(args, name) for name in ("limit", "num_fewshot", "allow_code_execution", "num_samples")}
+    options |= {name: getattr(args, name) for name in ("max_new_tokens", "temperature", "timeout")}
+    report = evaluate(lm, tasks, data_dir, ks=ks, **options)
+    report["config"] = {"model": args.model, "device": device, **report["config"]}
+    print_table(report, baseline)
+    if output is not None:
+        write_json_atomically(output, report)
+        print(f"results: {output}")
