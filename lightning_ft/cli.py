@@ -7,7 +7,6 @@ shows the traceback instead.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import statistics
@@ -26,6 +25,7 @@ from lightning_ft.callbacks import Checkpoint, ClassificationMetrics, Generation
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.report import print_report
 from lightning_ft.errors import UserError
+from lightning_ft.files import write_json_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
 
@@ -133,8 +133,7 @@ def data_command(argv: list[str]) -> None:
     datamodule.setup("fit")
     print_report(datamodule.report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(datamodule.report, indent=2))
+        write_json_atomically(Path(output), datamodule.report)
         print(f"report: {output}")
 
 
@@ -155,8 +154,7 @@ def cv_command(argv: list[str]) -> None:
         per_fold.append(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0])
     summary = summarize_folds(per_fold)
     print_fold_summary(summary, int(folds))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "cv.json").write_text(json.dumps({"folds": per_fold, "summary": summary}, indent=2))
+    write_json_atomically(root / "cv.json", {"folds": per_fold, "summary": summary})
     print(f"cross-validation: {root / 'cv.json'}")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_ft.files import write_json_atomically
 
 
 class RestoreBestWeights(Callback):
@@ -47,6 +48,4 @@ class RestoreBestWeights(Callback):
                 "last_model_path": checkpointing.last_model_path,
                 "restored_best": restored,
             }
-            folder = Path(checkpointing.dirpath or trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "selection.json").write_text(json.dumps(record, indent=2))
+            write_json_atomically(Path(checkpointing.dirpath or trainer.default_root_dir) / "selection.json", record)

@@ -24,25 +24,29 @@ import random
 import re
 import shutil
 import string
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
-import krippendorff
 import numpy as np
 from jsonargparse import ArgumentError, ArgumentParser
 from rich.console import Console
 from rich.table import Table
-from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
-from statsmodels.stats.weightstats import DescrStatsW
 
 from lightning_ft.errors import UserError
+from lightning_ft.evaluation.agreement import (
+    CONFIDENCE,
+    SCORES,
+    fleiss,
+    krippendorff_alpha,
+    mean_ci,
+    nanmean,
+    win_rates,
+)
+from lightning_ft.files import write_json_atomically
 
 SCALES = ("relevance", "coherence", "fluency", "factuality", "helpfulness")  # each scored 1-5
-SCORES = (1, 2, 3, 4, 5)
 COLUMNS = ("item_id", "prompt", "label", "output", *SCALES, "comment")
-CONFIDENCE = 0.95
 SCALE_GUIDE = {
     "relevance": ("Does the output address the prompt?", "ignores the prompt", "fully on point"),
     "coherence": ("Is it well organised and logically consistent?", "incoherent", "clear and consistent"),
@@ -337,87 +341,6 @@ def read_sheet(path: Path, key: dict) -> list[dict]:
     return ratings
 
 
-def _mean_ci(values: np.ndarray) -> dict:
-    """Mean and 95% t-interval of per-item values (NaN = not rated); no interval from fewer than two items."""
-    values = values[~np.isnan(values)]
-    result: dict[str, Any] = {"mean": None, "ci_low": None, "ci_high": None, "n_items": int(values.size)}
-    if values.size:
-        result["mean"] = float(values.mean())
-    if values.size >= 2:
-        low, high = DescrStatsW(values).tconfint_mean(alpha=1 - CONFIDENCE)
-        result["ci_low"], result["ci_high"] = float(low), float(high)
-    return result
-
-
-def _nanmean(values: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
-    """Mean over the rated entries only; NaN (not a warning) where nothing was rated."""
-    counts = (~np.isnan(values)).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, np.nansum(values, axis=axis) / counts, np.nan)
-
-
-def krippendorff_alpha(ratings: np.ndarray, level: str = "ordinal") -> float | None:
-    """Krippendorff's alpha of an (annotators, items) array, NaN = missing; None where it is undefined.
-
-    Undefined: fewer than two ratings on every item, or one value throughout (no expected disagreement to compare with).
-    """
-    pairable = (~np.isnan(ratings)).sum(axis=0) >= 2
-    observed = ratings[~np.isnan(ratings)]
-    if ratings.shape[0] < 2 or not pairable.any() or np.unique(observed).size < 2:
-        return None
-    # The whole 1-5 domain, so a scale where nobody used some score still has an ordinal distance between the others.
-    value_domain = SCORES if np.isin(observed, SCORES).all() else None
-    alpha = krippendorff.alpha(reliability_data=ratings, value_domain=value_domain, level_of_measurement=level)
-    return float(alpha)
-
-
-def fleiss(ratings: np.ndarray) -> tuple[float | None, int]:
-    """Fleiss' kappa (categories 1-5) over the items every annotator rated, and how many such items there were.
-
-    Fleiss' kappa needs the same number of raters per item, so items with a missing rating are left out.
-    """
-    complete = ~np.isnan(ratings).any(axis=0)
-    if ratings.shape[0] < 2 or not complete.any():
-        return None, int(complete.sum())
-    codes = ratings[:, complete].T.astype(int) - 1  # aggregate_raters counts categories 0 .. n_cat-1
-    table, _ = aggregate_raters(codes, n_cat=len(SCORES))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kappa = fleiss_kappa(table, method="fleiss")
-    return (None if np.isnan(kappa) else float(kappa)), int(complete.sum())
-
-
-def _win_rates(models: list[str], scores: dict[tuple[str, str], float], prompts: list[str]) -> list[dict]:
-    """Per pair, prompts won / tied / lost by the first model on its mean rating; ties count half in the win rate."""
-    results = []
-    for i, first in enumerate(models):
-        for second in models[i + 1 :]:
-            wins = ties = losses = 0
-            for prompt in prompts:
-                a, b = scores.get((prompt, first), np.nan), scores.get((prompt, second), np.nan)
-                if np.isnan(a) or np.isnan(b):
-                    continue
-                if np.isclose(a, b):
-                    ties += 1
-                elif a > b:
-                    wins += 1
-                else:
-                    losses += 1
-            total = wins + ties + losses
-            rate = (wins + ties / 2) / total if total else None
-            results.append(
-                {
-                    "model_a": first,
-                    "model_b": second,
-                    "wins": wins,
-                    "ties": ties,
-                    "losses": losses,
-                    "n_prompts": total,
-                    "win_rate": rate,
-                }
-            )
-    return results
-
-
 def report(key_path: Path, sheets: list[Path]) -> dict:
     """Unblind the annotators' sheets and compute means with CIs, pairwise win rates and agreement per scale.
 
@@ -439,14 +362,14 @@ def report(key_path: Path, sheets: list[Path]) -> dict:
 
     models = list(key["models"])
     item_models = np.array([key["items"][i]["model"] for i in item_ids])
-    per_item = _nanmean(ratings, axis=0)  # (items, scales): annotators averaged first
+    per_item = nanmean(ratings, axis=0)  # (items, scales): annotators averaged first
     means = {}
     for model in models:
         rows = per_item[item_models == model]
-        means[model] = {scale: _mean_ci(rows[:, s]) for s, scale in enumerate(SCALES)}
-        means[model]["overall"] = _mean_ci(_nanmean(rows, axis=1))
+        means[model] = {scale: mean_ci(rows[:, s]) for s, scale in enumerate(SCALES)}
+        means[model]["overall"] = mean_ci(nanmean(rows, axis=1))
 
-    pooled = _nanmean(ratings, axis=(0, 2))  # per item: mean over annotators and scales
+    pooled = nanmean(ratings, axis=(0, 2))  # per item: mean over annotators and scales
     item_scores = {(key["items"][i]["prompt_id"], key["items"][i]["model"]): pooled[c] for i, c in column.items()}
     prompts = list(dict.fromkeys(key["items"][i]["prompt_id"] for i in item_ids))
 
@@ -472,7 +395,7 @@ def report(key_path: Path, sheets: list[Path]) -> dict:
             "win_rate": "per prompt, mean over scales and annotators; (wins + ties / 2) / prompts",
         },
         "means": means,
-        "win_rates": _win_rates(models, item_scores, prompts),
+        "win_rates": win_rates(models, item_scores, prompts),
         "agreement": agreement,
     }
 
@@ -527,19 +450,6 @@ def print_report(result: dict, console: Console | None = None) -> None:
     console.print(f"ratings given: {result['ratings']['given']} of {result['ratings']['possible']}")
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    """Temp file in the same folder, then rename: a crash never leaves a truncated report behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------- CLI
 
 
@@ -591,5 +501,5 @@ def main(argv: list[str]) -> None:
     result = report(Path(options.key), [Path(sheet) for sheet in options.sheets])
     print_report(result)
     if options.output:
-        _write_json_atomically(Path(options.output), result)
+        write_json_atomically(Path(options.output), result)
         print(f"report: {options.output}")

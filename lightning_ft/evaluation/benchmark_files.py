@@ -1,0 +1,145 @@
+"""Reading the benchmark files as their authors publish them, checked line by line (see the README of each
+folder of ../shared/datasets): a malformed file stops the run naming file and line, before any model work."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+from lightning_ft.errors import UserError
+
+MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+TRUTHFULQA_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+
+
+def _malformed(path: Path, line: int, what: str) -> UserError:
+    return UserError(f"malformed benchmark file {path}, line {line}: {what}")
+
+
+def _open_text(path: Path):
+    try:
+        return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8", newline="")
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; gzip when the name ends in .gz."""
+    rows = []
+    try:
+        with _open_text(path) as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise _malformed(path, number, f"not JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise _malformed(path, number, "not a JSON object")
+                rows.append((number, row))
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not rows:
+        raise _malformed(path, 1, "no items")
+    return rows
+
+
+def _text(path: Path, line: int, row: dict, field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str):
+        raise _malformed(path, line, f"'{field}' is missing or not a string")
+    return value
+
+
+def _csv_rows(path: Path, header: bool):
+    """(line number, row) per CSV record; a dict per row when the file has a header."""
+    try:
+        with _open_text(path) as f:
+            reader = csv.DictReader(f) if header else csv.reader(f)
+            for row in reader:
+                yield reader.line_num, row
+    except csv.Error as err:
+        raise _malformed(path, reader.line_num, str(err)) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def read_mmlu(path: Path) -> list[dict]:
+    """question, choices, answer (0-3) per row; the header row of this copy (and hendrycks' letter answers) allowed."""
+    docs = []
+    for line, row in _csv_rows(path, header=False):
+        if row == MMLU_HEADER or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 6:
+            raise _malformed(path, line, f"expected 6 columns (question, 4 choices, answer), got {len(row)}")
+        answer = row[5].strip()
+        if answer not in ("0", "1", "2", "3", "A", "B", "C", "D"):
+            raise _malformed(path, line, f"answer must be 0-3 (or A-D), got {answer!r}")
+        docs.append({"question": row[0], "choices": row[1:5], "answer": "0123ABCD".index(answer) % 4})
+    if not docs:
+        raise _malformed(path, 1, "no questions")
+    return docs
+
+
+def read_hellaswag(path: Path) -> list[dict]:
+    """query and 4 endings cleaned as lm-eval's hellaswag does; also reads rowanz's original (ctx_a, ctx_b)."""
+    from lm_eval.tasks.hellaswag.utils import preprocess as hellaswag_preprocess  # lm-eval's own cleaning
+
+    docs = []
+    for line, row in _jsonl(path):
+        endings, label = row.get("endings"), row.get("label")
+        if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)):
+            raise _malformed(path, line, "'endings' must be a list of 4 strings")
+        if str(label) not in ("0", "1", "2", "3"):
+            raise _malformed(path, line, f"'label' must be 0-3, got {label!r}")
+        if "query" in row:
+            query = _text(path, line, row, "query")
+        else:
+            ctx = _text(path, line, row, "ctx_a") + " " + _text(path, line, row, "ctx_b").capitalize()
+            query = _text(path, line, row, "activity_label") + ": " + ctx
+        choices = [hellaswag_preprocess(ending) for ending in endings]
+        docs.append({"query": hellaswag_preprocess(query), "choices": choices, "label": int(label)})
+    return docs
+
+
+def read_gsm8k(path: Path) -> list[dict]:
+    docs = []
+    for line, row in _jsonl(path):
+        question, answer = _text(path, line, row, "question"), _text(path, line, row, "answer")
+        if "####" not in answer:
+            raise _malformed(path, line, "'answer' has no final '#### <number>'")
+        docs.append({"question": question, "answer": answer})
+    return docs
+
+
+def read_humaneval(path: Path) -> list[dict]:
+    fields = ("task_id", "prompt", "test", "entry_point")
+    return [{field: _text(path, line, row, field) for field in fields} for line, row in _jsonl(path)]
+
+
+def _answers(text: str) -> list[str]:
+    """The authors' split_multi_answer: "; "-separated, each closed with a period."""
+    return [a if a.endswith(".") else a + "." for a in (part.strip() for part in text.split(";")) if a]
+
+
+def read_truthfulqa(path: Path) -> list[dict]:
+    """Per question: the true then the false answers, their labels, and which one is the best answer."""
+    docs = []
+    for line, row in _csv_rows(path, header=True):
+        missing = [column for column in TRUTHFULQA_COLUMNS if not (row.get(column) or "").strip()]
+        if missing:
+            raise _malformed(path, line, f"empty or missing column(s) {', '.join(missing)}")
+        best = _answers(row["Best Answer"])[0]
+        true, false = _answers(row["Correct Answers"]), _answers(row["Incorrect Answers"])
+        if best not in true:
+            true.insert(0, best)
+        labels = [1] * len(true) + [0] * len(false)
+        docs.append(
+            {"question": row["Question"].strip(), "choices": true + false, "labels": labels, "best": true.index(best)}
+        )
+    if not docs:
+        raise _malformed(path, 1, "no questions")
+    return docs
