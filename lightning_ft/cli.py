@@ -56,7 +56,10 @@ class FineTuneCLI(LightningCLI):
             save_config_callback=SaveConfigToRunDir,
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the module's `optim` settings own the optimizer
-            trainer_defaults={"callbacks": [ClassificationMetrics()]},  # a no-op for causal LMs
+            trainer_defaults={
+                "callbacks": [ClassificationMetrics()],  # a no-op for causal LMs
+                "use_distributed_sampler": False,  # the DataModule shards the data itself (exact loss and metrics)
+            },
             parser_kwargs={name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} | {"exit_on_error": False},
             args=args,
         )

@@ -104,7 +104,13 @@ class FineTuneModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, count = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
-        return loss
+        if "step_terms" not in batch:
+            return loss
+        # The token-weighted mean over the whole optimizer step (all processes, all accumulated batches): this
+        # batch's summed losses over the step's label tokens. Lightning divides by the accumulation count and DDP
+        # averages gradients over processes, so both factors are multiplied back in.
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / batch["step_terms"]
+        return loss * count * scale
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "val")

@@ -14,7 +14,7 @@ from conftest import LABELS, SHARED_DATASETS, build_tiny_llama, instruction_rows
 from lightning_ft import FineTuneModule
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data import FineTuneDataModule
-from lightning_ft.data.batching import PackedDataset, SeededSampler, collate, pack, padding_waste
+from lightning_ft.data.batching import PackedDataset, StepBatchSampler, collate, pack, padding_waste
 from lightning_ft.data.formats import Chat, Classification, EncodeContext, Instruction, Text
 from lightning_ft.data.pipeline import TokenRules, finish_example
 from lightning_ft.data.quality import QualityRules
@@ -179,13 +179,35 @@ def test_collate_pads_and_packed_rows_get_positions_not_masks():
 
 
 def test_order_depends_only_on_seed_and_pass():
-    data = list(range(50))
-    first, second = SeededSampler(data, seed=3), SeededSampler(data, seed=3)
+    terms = [1] * 50
+    first, second = StepBatchSampler(terms, 5, seed=3), StepBatchSampler(terms, 5, seed=3)
     a = [list(first), list(first)]
     torch.rand(100)  # global RNG use must not matter
     assert [list(second), list(second)] == a
-    assert a[0] != a[1] and sorted(a[0]) == data
-    assert list(SeededSampler(data, seed=3, passes=1)) == a[1]  # what a resumed run continues with
+    assert a[0] != a[1] and sorted(i for batch in a[0] for i, _ in batch) == list(range(50))
+    assert list(StepBatchSampler(terms, 5, seed=3, passes=1)) == a[1]  # what a resumed run continues with
+
+
+@pytest.mark.parametrize("batch_size,accumulate,world_size", [(4, 1, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2)])
+def test_every_split_of_a_step_sees_the_same_examples_and_token_total(batch_size, accumulate, world_size):
+    """4 examples per optimizer step, however split: the same examples, and every batch knows their total."""
+    terms = [3, 9, 1, 7, 4, 4, 2, 8, 5, 6, 1, 2]
+    steps = []
+    for rank in range(world_size):
+        sampler = StepBatchSampler(terms, batch_size, seed=0, accumulate=accumulate, world_size=world_size, rank=rank)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        per_step = len(batches) // 3
+        for step in range(3):
+            chunk = [pair for batch in batches[step * per_step : (step + 1) * per_step] for pair in batch]
+            steps.append((step, rank, chunk))
+    by_step = {}
+    for step, _, chunk in steps:
+        by_step.setdefault(step, []).extend(chunk)
+    reference = StepBatchSampler(terms, 4, seed=0)
+    for step, batch in enumerate(reference):
+        assert sorted(i for i, _ in by_step[step]) == sorted(i for i, _ in batch)
+        assert {total for _, total in by_step[step]} == {sum(terms[i] for i, _ in batch)}
 
 
 def test_padding_waste_ranks_the_batching_modes():

@@ -9,36 +9,79 @@ example attends to another. The first token of each packed example gets no label
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset, RandomSampler
+from torch.utils.data import Dataset, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from lightning_ft.constants import IGNORE_INDEX
 
 
-class SeededSampler(RandomSampler):
-    """Example order that depends only on (seed, number of passes made so far).
+class StepBatchSampler(Sampler):
+    """One process's training batches; every index comes paired with the loss terms of its whole optimizer step.
 
-    torch's RandomSampler draws its seed from the global RNG, so after a resume the order would depend on
-    whatever else consumed randomness; Lightning's `set_epoch` counter is off by one after resuming from a
-    checkpoint written at the end of an epoch (seen with 2.6). So the sampler counts its own passes, and the
-    DataModule saves that count in the checkpoint. Subclassing RandomSampler keeps Lightning treating the
-    loader as shuffled when it swaps in a DistributedSampler.
+    The order of a pass depends only on (seed, passes made so far): torch's RandomSampler draws its seed from the
+    global RNG, so after a resume the order would depend on whatever else consumed randomness, and Lightning's
+    `set_epoch` counter is off by one after resuming from an end-of-epoch checkpoint (seen with 2.6); so the
+    sampler counts its passes and the DataModule saves the count in the checkpoint.
+
+    The order is cut into batches; process r of W takes batches r, r + W, ...; each W x A consecutive batches
+    (A = gradient accumulation) make one optimizer step. Every process knows
+    every batch, so each computes the step's total of loss terms (label tokens) without communicating, and the
+    module divides summed token losses by it: the loss is the token-weighted mean over the global batch however
+    it is split across processes and accumulation (a mean of per-batch means would weigh short batches up).
+    A pass is padded with batches from its start so every process gets as many, as DistributedSampler pads.
     """
 
-    def __init__(self, data, seed: int, passes: int = 0, order: Callable[[torch.Generator], list[int]] | None = None):
-        super().__init__(data)
+    def __init__(
+        self,
+        terms: Sequence[int],
+        batch_size: int,
+        seed: int,
+        passes: int = 0,
+        accumulate: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+        order: Callable[[torch.Generator], list[int]] | None = None,
+    ):
+        self.terms = list(terms)
+        self.batch_size, self.accumulate, self.world_size, self.rank = batch_size, accumulate, world_size, rank
         self.seed = seed
         self.passes = passes
-        self.order = order or (lambda generator: torch.randperm(len(data), generator=generator).tolist())
+        self.order = order or (lambda generator: torch.randperm(len(self.terms), generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.terms) / self.batch_size) / self.world_size)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.passes)
         self.passes += 1
-        return iter(self.order(generator))
+        order = self.order(generator)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches += batches[: len(self) * self.world_size - len(batches)]
+        per_step = self.world_size * self.accumulate
+        for start in range(0, len(batches), per_step):
+            step = batches[start : start + per_step]
+            total = sum(self.terms[i] for batch in step for i in batch)
+            for batch in step[self.rank :: self.world_size]:
+                yield [(i, total) for i in batch]
+
+
+class WithStepTerms(Dataset):
+    """Items fetched as (index, step terms), returned with the step's loss-term total attached."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, step_terms = item
+        return {**self.data[index], "step_terms": step_terms}
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int) -> Callable[[torch.Generator], list[int]]:
@@ -121,6 +164,8 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
             batch["attention_mask"][row, :n] = 1
     if not token_labels:
         batch["labels"] = torch.tensor([e["labels"] for e in examples])
+    if "step_terms" in examples[0]:
+        batch["step_terms"] = torch.tensor(examples[0]["step_terms"])
     return batch
 
 

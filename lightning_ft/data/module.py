@@ -12,7 +12,15 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lightning_ft.data.batching import PackedDataset, SeededSampler, collate, length_grouped_order, pack, padding_waste
+from lightning_ft.data.batching import (
+    PackedDataset,
+    StepBatchSampler,
+    WithStepTerms,
+    collate,
+    length_grouped_order,
+    pack,
+    padding_waste,
+)
 from lightning_ft.data.formats import DataFormat, EncodeContext, resolve_format
 from lightning_ft.data.pipeline import (
     DatasetCache,
@@ -115,7 +123,7 @@ class FineTuneDataModule(LightningDataModule):
         self.tokenizer = None
         self.datasets = None
         self.report: dict | None = None
-        self.train_sampler: SeededSampler | None = None
+        self.train_sampler: StepBatchSampler | None = None
         self.restored_passes = 0  # from a checkpoint, for the next train sampler
 
     def resolve_batching(self, batching: str) -> str:
@@ -202,27 +210,44 @@ class FineTuneDataModule(LightningDataModule):
 
     # -- batches ---------------------------------------------------------------------------------------------
 
-    def _loader(self, data, batch_size: int, sampler=None) -> DataLoader:
+    def _collate(self):
         pad = self.get_tokenizer().pad_token_id
-        return DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of),
-        )
+        return partial(collate, pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of)
 
     def train_dataloader(self) -> DataLoader:
-        data = self.datasets["train"].select_columns(["input_ids", "labels"])
-        lengths = list(self.datasets["train"]["length"])
-        order = None
+        """Batches of this process's share of each optimizer step, each carrying the step's loss-term total."""
+        train = self.datasets["train"]
+        data, terms, order = train.select_columns(["input_ids", "labels"]), list(train["terms"]), None
+        lengths = list(train["length"])  # plain lists: indexing a datasets Column is slow
         if self.batching == "pack":
-            data = PackedDataset(data, pack(lengths, self.token_rules.max_length, self.seed))
+            rows = pack(lengths, self.token_rules.max_length, self.seed)
+            data, terms = PackedDataset(data, rows), [sum(terms[i] for i in row) for row in rows]
         elif self.batching == "group_by_length":
             order = length_grouped_order(lengths, self.batch_size)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if world_size > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise UserError(
+                "set --trainer.use_distributed_sampler false: the DataModule shards training data "
+                "itself, so the loss is averaged over the global batch's tokens"
+            )
         passes = self.train_sampler.passes if self.train_sampler else self.restored_passes
-        self.train_sampler = SeededSampler(data, self.seed, passes, order)
-        return self._loader(data, self.batch_size, self.train_sampler)
+        self.train_sampler = StepBatchSampler(
+            terms,
+            self.batch_size,
+            self.seed,
+            passes,
+            trainer.accumulate_grad_batches if trainer else 1,
+            world_size,
+            rank,
+            order,
+        )
+        return DataLoader(
+            WithStepTerms(data),
+            batch_sampler=self.train_sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+        )
 
     def eval_loader(self, name: str) -> DataLoader:
         data = self.datasets[name].select_columns(["input_ids", "labels"])
@@ -231,7 +256,13 @@ class FineTuneDataModule(LightningDataModule):
         # one, which evaluation tolerates: DDP syncs buffers only on the first no-grad forward).
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         sampler = UnrepeatedDistributedSampler(data, shuffle=False) if distributed else None
-        return self._loader(data, self.eval_batch_size, sampler)
+        return DataLoader(
+            data,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self.eval_loader("val") if "val" in self.datasets else []

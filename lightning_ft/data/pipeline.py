@@ -25,7 +25,7 @@ from lightning_ft.errors import UserError
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
-PIPELINE_VERSION = 2  # bump when a change here alters what a cached dataset would hold
+PIPELINE_VERSION = 3  # bump when a change here alters what a cached dataset would hold
 
 
 @dataclass
@@ -149,7 +149,8 @@ def tokenize(
             example = example or {"input_ids": [], "labels": [] if fmt.task == "causal_lm" else -1}
             if held_out:  # every row has the columns (datasets needs one schema); "" means no generation example
                 example |= generation or {"prompt": "", "prompt_ids": [], "reference": ""}
-            return {**example, "length": len(example["input_ids"]), "status": status, "line": line}
+            terms = loss_terms(example["labels"])
+            return {**example, "length": len(example["input_ids"]), "terms": terms, "status": status, "line": line}
 
         processes = num_proc if num_proc is not None else (os.cpu_count() if len(split) > 20_000 else None)
         # new_fingerprint: our own cache keys the result, and hashing the closure (records, tokenizer) is slow.
@@ -169,6 +170,12 @@ def tokenize(
                 f"({json.dumps(counts[name])}, max_length={rules.max_length})"
             )
     return datasets.DatasetDict(result), counts
+
+
+def loss_terms(labels) -> int:
+    """How many terms an example adds to the loss: label tokens after the first (which nothing predicts), or one
+    class label."""
+    return sum(1 for token in labels[1:] if token != IGNORE_INDEX) if isinstance(labels, list) else 1
 
 
 def origin_of(name: str, origins: dict[str, str]) -> str:
