@@ -14,7 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from jsonargparse import ArgumentError
+import torch
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -88,6 +89,8 @@ class FineTuneCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        check_strategy(config.trainer)
+        fill_data_parallel_size(config.trainer)
         if self.subcommand == "fit" and not config.data.val_path and config.checkpoint.monitor:
             config.checkpoint.monitor = None  # no validation: "best" is simply the latest checkpoint
         if self.subcommand == "fit" and config.ckpt_path is None:
@@ -107,6 +110,37 @@ class FineTuneCLI(LightningCLI):
                 f"{type(self.model.method).__name__} cannot train on packed rows (examples would attend "
                 "to each other); set --data.batching group_by_length"
             )
+
+
+GPU_ONLY_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy")  # Lightning 2.6 refuses them on CPU
+
+
+def check_strategy(trainer) -> None:
+    """A strategy the accelerator cannot run fails here, in one line, not in a traceback after setup."""
+    strategy = trainer.get("strategy")
+    name = str(strategy.class_path).rsplit(".", 1)[-1] if isinstance(strategy, Namespace) else str(strategy)
+    gpu_only = name in GPU_ONLY_STRATEGIES or name.startswith(("fsdp", "deepspeed"))
+    if gpu_only and (trainer.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise UserError(
+            f"--trainer.strategy {name} needs CUDA GPUs; on CPU use configs/strategy/ddp.yaml or "
+            "configs/strategy/fsdp2.yaml"
+        )
+
+
+def fill_data_parallel_size(trainer) -> None:
+    """ModelParallelStrategy (FSDP2) with `data_parallel_size: auto` and no tensor parallelism: all devices.
+
+    Lightning reads "auto" as the number of nodes (made for tensor parallelism within nodes); our preset shards
+    data-parallel over every device, so the size is devices x nodes.
+    """
+    strategy = trainer.get("strategy")
+    if not isinstance(strategy, Namespace) or not str(strategy.class_path).endswith("ModelParallelStrategy"):
+        return
+    args = strategy.init_args
+    if args.get("data_parallel_size") == "auto" and args.get("tensor_parallel_size") == 1:
+        if not isinstance(trainer.devices, int) and not str(trainer.devices).isdigit():
+            raise UserError("--trainer.devices must be a number with configs/strategy/fsdp2.yaml (e.g. 4)")
+        args.data_parallel_size = int(trainer.devices) * int(trainer.num_nodes)
 
 
 class DataCLI(FineTuneCLI):

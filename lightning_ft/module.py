@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_ft.constants import IGNORE_INDEX
+from lightning_ft.distributed import shard_transformer_blocks
 from lightning_ft.errors import UserError
 from lightning_ft.loading import DType, Task, check_source, load_model, load_tokenizer
 from lightning_ft.methods import Full, Method, count_parameters
@@ -52,6 +53,9 @@ class FineTuneModule(LightningModule):
         self.method.check(gradient_checkpointing=gradient_checkpointing)
         self.optim = optim
         self.model = None  # built in configure_model, so sharded strategies can build it in place
+        # Adapter checkpoints hold only the trained weights (on_load_checkpoint checks they are all there); sharded
+        # strategies load checkpoints through this flag, the others through load_state_dict below.
+        self.strict_loading = False
         self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
@@ -74,6 +78,8 @@ class FineTuneModule(LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # from_pretrained returns the model in eval mode and Lightning keeps submodule modes: switch dropout on.
         self.model = self.method.apply(model, h.task).train()
+        if self.device_mesh is not None:  # ModelParallelStrategy (FSDP2): shard along its data-parallel dimension
+            shard_transformer_blocks(self.model, self.device_mesh["data_parallel"])
 
     # -- training -------------------------------------------------------------------------------------------
 
@@ -82,10 +88,9 @@ class FineTuneModule(LightningModule):
         return self.loss_from_logits(self(**batch), batch["labels"])
 
     def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if self.hparams.task == "sequence_classification":
-            return F.cross_entropy(logits.float(), labels), labels.numel()
-        # Prefix tuning prepends no logits; shift so position t predicts token t + 1.
-        logits, labels = logits[:, :-1], labels[:, 1:]
+        if self.hparams.task != "sequence_classification":
+            # Prefix tuning prepends no logits; shift so position t predicts token t + 1.
+            logits, labels = logits[:, :-1], labels[:, 1:]
         count = int((labels != IGNORE_INDEX).sum())
         total = F.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -165,6 +170,9 @@ class FineTuneModule(LightningModule):
         checkpoint["lightning_ft"] = {"method": repr(self.method), "rng_states": rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.resumed_rng_states = checkpoint.get("lightning_ft", {}).get("rng_states")
+        if "state_dict" not in checkpoint:
+            return  # a sharded checkpoint (FSDP2): the strategy has already loaded the weights in place
         missing = sorted(self._trainable_keys() - checkpoint["state_dict"].keys())
         if missing:
             saved = checkpoint.get("lightning_ft", {}).get("method", "an unknown method")
@@ -172,7 +180,6 @@ class FineTuneModule(LightningModule):
                 f"checkpoint (trained with {saved}) lacks {len(missing)} weights this run trains "
                 f"with {self.method!r}, e.g. {missing[0]}"
             )
-        self.resumed_rng_states = checkpoint.get("lightning_ft", {}).get("rng_states")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load weights, where only the trained ones must be present: the frozen ones came from the base model.

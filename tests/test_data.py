@@ -14,7 +14,7 @@ from conftest import LABELS, SHARED_DATASETS, build_tiny_llama, instruction_rows
 from lightning_ft import FineTuneModule
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data import FineTuneDataModule
-from lightning_ft.data.batching import PackedDataset, StepBatchSampler, collate, pack, padding_waste
+from lightning_ft.data.batching import PackedDataset, StepBatchSampler, WithStepTerms, collate, pack, padding_waste
 from lightning_ft.data.formats import Chat, Classification, EncodeContext, Instruction, Text
 from lightning_ft.data.pipeline import TokenRules, finish_example
 from lightning_ft.data.quality import QualityRules
@@ -184,7 +184,7 @@ def test_order_depends_only_on_seed_and_pass():
     a = [list(first), list(first)]
     torch.rand(100)  # global RNG use must not matter
     assert [list(second), list(second)] == a
-    assert a[0] != a[1] and sorted(i for batch in a[0] for i, _ in batch) == list(range(50))
+    assert a[0] != a[1] and sorted(i for batch in a[0] for i, _, _ in batch) == list(range(50))
     assert list(StepBatchSampler(terms, 5, seed=3, passes=1)) == a[1]  # what a resumed run continues with
 
 
@@ -206,8 +206,21 @@ def test_every_split_of_a_step_sees_the_same_examples_and_token_total(batch_size
         by_step.setdefault(step, []).extend(chunk)
     reference = StepBatchSampler(terms, 4, seed=0)
     for step, batch in enumerate(reference):
-        assert sorted(i for i, _ in by_step[step]) == sorted(i for i, _ in batch)
-        assert {total for _, total in by_step[step]} == {sum(terms[i] for i, _ in batch)}
+        assert sorted(i for i, _, real in by_step[step] if real) == sorted(i for i, _, _ in batch)
+        assert {total for _, total, _ in by_step[step]} == {sum(terms[i] for i, _, _ in batch)}
+
+
+def test_uneven_passes_are_padded_with_batches_that_carry_no_loss():
+    """5 batches over 2 processes: the 6th is a copy without labels, and the last step's total counts it not."""
+    terms = [2, 3, 4, 5, 6]
+    ranks = [list(StepBatchSampler(terms, 1, seed=0, world_size=2, rank=rank)) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    padding = [pair for batch in ranks[0] + ranks[1] for pair in batch if not pair[2]]
+    assert len(padding) == 1
+    last_step_real = [pair for rank in ranks for pair in rank[2] if pair[2]]
+    assert padding[0][1] == sum(terms[i] for i, _, _ in last_step_real)
+    data = WithStepTerms([{"input_ids": [1, 2], "labels": [1, 2]}])
+    assert data[(0, 7, False)]["labels"] == [IGNORE_INDEX, IGNORE_INDEX] and data[(0, 7, True)]["labels"] == [1, 2]
 
 
 def test_padding_waste_ranks_the_batching_modes():

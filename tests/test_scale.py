@@ -6,8 +6,12 @@ import random
 import subprocess
 import sys
 
+import pytest
 import torch
+import yaml
 from conftest import ROOT, WORDS, write_jsonl
+from jsonargparse import ArgumentParser
+from lightning.pytorch.strategies import Strategy
 
 
 def varied_rows(n: int) -> list[dict]:
@@ -47,3 +51,72 @@ def test_one_step_is_the_same_however_the_global_batch_is_split(tiny_model, tmp_
         assert grads.keys() == reference.keys()
         for name, value in reference.items():
             torch.testing.assert_close(grads[name], value, atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("method", ["LoRA", "Full"])
+def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strategy, method):
+    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps."""
+    # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
+    common = [
+        "--model.method",
+        method,
+        "--trainer.max_steps",
+        "8",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--model.optim.scheduler",
+        "constant",
+    ]
+    if method == "LoRA":
+        common += ["--model.method.dropout", "0.0"]  # dropout masks would differ with the number of processes
+    alone = tmp_path / "alone"
+    assert cli(fit_args(*common, "--data.batch_size", "4", run_dir=alone)) == 0
+
+    shared = tmp_path / strategy
+    preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
+    for extra in (["--trainer.max_steps", "4"], ["--ckpt_path", "last"]):  # stop after 4, then resume to 8
+        args = fit_args(*common, "--trainer.devices", "2", "--data.batch_size", "2", *extra, run_dir=shared)
+        command = [sys.executable, "-m", "lightning_ft", "fit", *preset, *args[1:]]
+        subprocess.run(command, check=True, capture_output=True, timeout=300)
+    expected = torch.load(alone / "checkpoints/last.ckpt", weights_only=False)
+    result = torch.load(shared / "checkpoints/last.ckpt", weights_only=False)
+    assert result["global_step"] == expected["global_step"] == 8
+    assert result["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(result["state_dict"][key], value, atol=2e-5, rtol=1e-4)
+
+
+PRESETS = {
+    "ddp": "DDPStrategy",
+    "fsdp": "FSDPStrategy",
+    "fsdp2": "ModelParallelStrategy",
+    "deepspeed_zero2": "DeepSpeedStrategy",
+    "deepspeed_zero3": "DeepSpeedStrategy",
+    "deepspeed_zero3_offload": "DeepSpeedStrategy",
+}
+
+
+@pytest.mark.parametrize("preset,expected", PRESETS.items(), ids=PRESETS.keys())
+def test_strategy_presets_compose_with_a_recipe_and_instantiate(cli, capsys, preset, expected):
+    path = ROOT / f"configs/strategy/{preset}.yaml"
+    with pytest.raises(SystemExit):
+        cli(["fit", "--config", str(ROOT / "configs/lora.yaml"), "--config", str(path), "--print_config"])
+    printed = capsys.readouterr().out.splitlines()
+    config = yaml.safe_load("\n".join(line for line in printed if not line.startswith("[")))  # DeepSpeed's log lines
+    assert config["trainer"]["strategy"]["class_path"].endswith(expected)
+    assert config["model"]["method"]["class_path"].endswith("LoRA")  # the recipe is intact
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=Strategy)
+    strategy = parser.instantiate_classes(parser.parse_object({"strategy": config["trainer"]["strategy"]})).strategy
+    assert type(strategy).__name__ == expected
+    if preset.startswith("deepspeed"):
+        assert strategy.exclude_frozen_parameters
+
+
+@pytest.mark.parametrize("preset", ["fsdp", "deepspeed_zero3"])
+def test_gpu_only_presets_refuse_cpu_in_one_line(cli, fit_args, capsys, preset):
+    args = fit_args("--trainer.devices", "2")
+    assert cli(["fit", "--config", str(ROOT / f"configs/strategy/{preset}.yaml"), *args[1:]]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "needs CUDA GPUs" in errors[0], errors

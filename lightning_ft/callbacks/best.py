@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -32,9 +31,10 @@ class RestoreBestWeights(Callback):
         best = checkpointing.best_model_path
         restored = bool(self.enabled and best and checkpointing.monitor)
         if restored:
-            # Written by this very run, so unpickling it is safe (hyperparameters may hold method objects).
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            pl_module.load_state_dict(state)
+            # Through the strategy: sharded ones (FSDP2, DeepSpeed) load a folder of shards in place, the others
+            # return the weights to load. Written by this very run, so unpickling it is safe.
+            checkpoint = trainer.strategy.load_checkpoint(best, weights_only=False)
+            trainer.strategy.load_model_state_dict(checkpoint, strict=False)
             rank_zero_info(
                 f"restored the best weights ({checkpointing.monitor}={checkpointing.best_model_score:.4f}) from {best}"
             )

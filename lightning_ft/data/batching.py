@@ -33,7 +33,8 @@ class StepBatchSampler(Sampler):
     every batch, so each computes the step's total of loss terms (label tokens) without communicating, and the
     module divides summed token losses by it: the loss is the token-weighted mean over the global batch however
     it is split across processes and accumulation (a mean of per-batch means would weigh short batches up).
-    A pass is padded with batches from its start so every process gets as many, as DistributedSampler pads.
+    When a pass does not split evenly, the missing batches are copies that carry no loss (every label ignored):
+    each process still runs a batch, as DDP needs, but nothing counts twice (DistributedSampler repeats examples).
     """
 
     def __init__(
@@ -60,18 +61,20 @@ class StepBatchSampler(Sampler):
         generator = torch.Generator().manual_seed(self.seed + self.passes)
         self.passes += 1
         order = self.order(generator)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        batches += batches[: len(self) * self.world_size - len(batches)]
+        batches = [[(i, True) for i in order[i : i + self.batch_size]] for i in range(0, len(order), self.batch_size)]
+        padding = len(self) * self.world_size - len(batches)
+        batches += [[(i, False) for i, _ in batch] for batch in batches[:padding]]
         per_step = self.world_size * self.accumulate
         for start in range(0, len(batches), per_step):
             step = batches[start : start + per_step]
-            total = sum(self.terms[i] for batch in step for i in batch)
+            total = sum(self.terms[i] for batch in step for i, real in batch if real)
             for batch in step[self.rank :: self.world_size]:
-                yield [(i, total) for i in batch]
+                yield [(i, total, real) for i, real in batch]
 
 
 class WithStepTerms(Dataset):
-    """Items fetched as (index, step terms), returned with the step's loss-term total attached."""
+    """Items fetched as (index, step terms, real), returned with the step's loss-term total attached; padding
+    items (not real) keep their tokens but lose every label."""
 
     def __init__(self, data) -> None:
         self.data = data
@@ -79,9 +82,13 @@ class WithStepTerms(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, item: tuple[int, int]) -> dict:
-        index, step_terms = item
-        return {**self.data[index], "step_terms": step_terms}
+    def __getitem__(self, item: tuple[int, int, bool]) -> dict:
+        index, step_terms, real = item
+        example = self.data[index]
+        if not real:
+            labels = example["labels"]
+            example = {**example, "labels": [IGNORE_INDEX] * len(labels) if isinstance(labels, list) else IGNORE_INDEX}
+        return {**example, "step_terms": step_terms}
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int) -> Callable[[torch.Generator], list[int]]:
