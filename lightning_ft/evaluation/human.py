@@ -33,6 +33,7 @@ from jsonargparse import ArgumentError, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from lightning_ft.data.sources import read_records
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation.agreement import (
     CONFIDENCE,
@@ -277,31 +278,23 @@ def _score(value: Any, where: str) -> int | None:
 
 
 def _sheet_rows(path: Path) -> list[tuple[str, dict]]:
-    """(position, row) pairs: "row N" as a spreadsheet numbers it for CSV (header = row 1), "line N" for JSONL."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None:
-                raise UserError(f"{path}: empty sheet (no header row)")
-            missing = [column for column in ("item_id", *SCALES) if column not in (reader.fieldnames or [])]
-            if missing:
-                raise UserError(f"{path}: no '{missing[0]}' column (a sheet needs item_id and {', '.join(SCALES)})")
-            return [(f"row {number}", row) for number, row in enumerate(reader, start=2)]
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path} line {number}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{path} line {number}: expected a JSON object")
-                rows.append((f"line {number}", row))
-        return rows
-    raise UserError(f"{path}: a sheet is .csv or .jsonl")
+    """(position, row) pairs: "row N" as a spreadsheet numbers it for CSV (header = row 1), "line N" for JSONL.
+
+    Read by the data layer's readers, which check the file and number rows by the line they start on.
+    """
+    kind = path.suffix.lower()
+    if kind not in (".csv", ".jsonl"):
+        raise UserError(f"{path}: a sheet is .csv or .jsonl")
+    records = read_records(str(path), "sheet")
+    if kind == ".csv":
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        if not lines:
+            raise UserError(f"{path}: empty sheet (no header row)")
+        columns = next(csv.reader(lines[:1]))
+        missing = [column for column in ("item_id", *SCALES) if column not in columns]
+        if missing:
+            raise UserError(f"{path}: no '{missing[0]}' column (a sheet needs item_id and {', '.join(SCALES)})")
+    return [(f"{'row' if kind == '.csv' else 'line'} {number}", row) for number, row in records]
 
 
 def read_sheet(path: Path, key: dict) -> list[dict]:
