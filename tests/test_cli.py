@@ -183,7 +183,7 @@ def test_format_and_task_must_agree(cli, fit_args, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["eval", "--model", "/no/model", "--tasks", "mmlu-pro"], "unknown task 'mmlu-pro'"),
+        (["eval", "--model", "/no/model", "--tasks", "mmlu-pro", "--data_dir", "/"], "unknown task 'mmlu-pro'"),
         (["human-eval", "report", "--key", "/no/key.json", "/no/sheet.csv"], "/no/key.json"),
         (["cv", "--folds", "1"], "--folds needs a whole number >= 2"),
         (["data", "--output"], "--output needs a value"),
