@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from functools import partial
+from functools import cached_property, partial
 from typing import Literal
 
 import torch
@@ -155,7 +155,9 @@ class FineTuneDataModule(LightningDataModule):
             self.tokenizer = load_tokenizer(self.tokenizer_name)
         return self.tokenizer
 
+    @cached_property
     def cache(self) -> DatasetCache:
+        """The tokenized-data cache entry of these settings; keyed once, since keying hashes the data files."""
         key = settings_key(
             self.format,
             self.sources,
@@ -183,7 +185,7 @@ class FineTuneDataModule(LightningDataModule):
         """(tokenized splits, report) from the cache, or built by the pipeline and cached."""
         if not self.sources["train"]:
             raise UserError("--data.train_path is required")
-        cache = self.cache()
+        cache = self.cache
         cached = cache.load()
         if cached is not None:
             rank_zero_info(f"data: tokenized cache hit {cache.path}")
