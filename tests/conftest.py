@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +23,12 @@ from tiny_model import WORDS, build_tiny_llama
 from lightning_ft.cli import main
 
 LABELS = ["neg", "pos"]
+
+
+def run_in_processes(*args) -> None:
+    """Run `python ARGS...` (a tests/scripts file or `-m lightning_ft ...`): Lightning's DDP launcher needs a
+    script it can start again once per process, so multi-process tests leave pytest's process."""
+    subprocess.run([sys.executable, *map(str, args)], check=True, capture_output=True, timeout=300)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import sacrebleu
 import torch
-from conftest import LABELS, ROOT, classification_rows, write_jsonl
+from conftest import LABELS, ROOT, classification_rows, run_in_processes, write_jsonl
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import EarlyStopping
 from rouge_score import rouge_scorer
@@ -101,20 +99,14 @@ def test_ddp_on_an_odd_eval_set_equals_one_process(tiny_model, data_dir, tmp_pat
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"metrics{devices}.json"
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "tests/scripts/ddp_validate.py"),
-                str(tiny_model),
-                str(data_dir / "cls_train.jsonl"),
-                str(val),
-                str(devices),
-                str(out),
-                str(tmp_path / "cache"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
+        run_in_processes(
+            ROOT / "tests/scripts/ddp_validate.py",
+            tiny_model,
+            data_dir / "cls_train.jsonl",
+            val,
+            devices,
+            out,
+            tmp_path / "cache",
         )
         results[devices] = json.loads(out.read_text())
     assert set(results[1]) >= {"val_loss", "val_accuracy", "val_f1_macro"}

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, WORDS, write_jsonl
+from conftest import ROOT, WORDS, run_in_processes, write_jsonl
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
@@ -22,21 +20,15 @@ def varied_rows(n: int) -> list[dict]:
 
 def step_gradients(tiny_model, train, tmp_path, batch_size: int, accumulate: int, devices: int) -> dict:
     out = tmp_path / f"grads_{batch_size}_{accumulate}_{devices}.pt"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests/scripts/step_gradients.py"),
-            str(tiny_model),
-            str(train),
-            str(batch_size),
-            str(accumulate),
-            str(devices),
-            str(out),
-            str(tmp_path / "cache"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    run_in_processes(
+        ROOT / "tests/scripts/step_gradients.py",
+        tiny_model,
+        train,
+        batch_size,
+        accumulate,
+        devices,
+        out,
+        tmp_path / "cache",
     )
     return torch.load(out)
 
@@ -77,8 +69,7 @@ def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strateg
     preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
     for extra in (["--trainer.max_steps", "4"], ["--ckpt_path", "last"]):  # stop after 4, then resume to 8
         args = fit_args(*common, "--trainer.devices", "2", "--data.batch_size", "2", *extra, run_dir=shared)
-        command = [sys.executable, "-m", "lightning_ft", "fit", *preset, *args[1:]]
-        subprocess.run(command, check=True, capture_output=True, timeout=300)
+        run_in_processes("-m", "lightning_ft", "fit", *preset, *args[1:])
     expected = torch.load(alone / "checkpoints/last.ckpt", weights_only=False)
     result = torch.load(shared / "checkpoints/last.ckpt", weights_only=False)
     assert result["global_step"] == expected["global_step"] == 8
