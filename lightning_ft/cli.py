@@ -1,4 +1,5 @@
-"""`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval.
+"""`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
+slurm, consolidate.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -6,11 +7,13 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -18,19 +21,32 @@ import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
-from lightning_ft.callbacks import Checkpoint, ClassificationMetrics, GenerationMetrics, RestoreBestWeights
+from lightning_ft.callbacks import (
+    Checkpoint,
+    ClassificationMetrics,
+    GenerationMetrics,
+    Preempted,
+    Preemption,
+    RestoreBestWeights,
+    newest_checkpoint,
+)
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.report import print_report
+from lightning_ft.distributed import consolidate, slurm
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_json_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
+from lightning_ft.tracking import continue_wandb_run
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
 
 
 class SaveConfigToRunDir(SaveConfigCallback):
@@ -58,7 +74,8 @@ class FineTuneCLI(LightningCLI):
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the module's `optim` settings own the optimizer
             trainer_defaults={
-                "callbacks": [ClassificationMetrics()],  # a no-op for causal LMs
+                # ClassificationMetrics is a no-op for causal LMs; Preemption checkpoints and stops on SIGUSR1
+                "callbacks": [ClassificationMetrics(), Preemption()],
                 "use_distributed_sampler": False,  # the DataModule shards the data itself (exact loss and metrics)
             },
             parser_kwargs={name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} | {"exit_on_error": False},
@@ -93,13 +110,10 @@ class FineTuneCLI(LightningCLI):
         fill_data_parallel_size(config.trainer)
         if self.subcommand == "fit" and not config.data.val_path and config.checkpoint.monitor:
             config.checkpoint.monitor = None  # no validation: "best" is simply the latest checkpoint
-        if self.subcommand == "fit" and config.ckpt_path is None:
-            existing = sorted(Path(config.checkpoint.dirpath).glob("*.ckpt"))
-            if existing:
-                raise UserError(
-                    f"{config.checkpoint.dirpath} already holds {existing[0].name}: resume with --ckpt_path last, "
-                    "or choose another --trainer.default_root_dir"
-                )
+        if self.subcommand == "fit":
+            run_dir = Path(config.trainer.default_root_dir or ".")
+            config.ckpt_path = resume_point(config.ckpt_path, run_dir)
+            continue_wandb_run(config.trainer, run_dir)
 
     def after_instantiate_classes(self) -> None:
         wanted = self.datamodule.format.task
@@ -112,19 +126,44 @@ class FineTuneCLI(LightningCLI):
             )
 
 
+def resume_point(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """What `fit` resumes from. `last` (and a requeued SLURM job) means the newest valid checkpoint in the run dir,
+    or none yet; a fresh run (no --ckpt_path) into a dir that holds checkpoints is refused, never overwritten."""
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    if ckpt_path not in (None, "last") or (ckpt_path is None and not requeued):
+        newest = None if ckpt_path else newest_checkpoint(run_dir)
+        if newest:
+            raise UserError(
+                f"{run_dir} already holds {newest}: resume with --ckpt_path last, or choose another "
+                "--trainer.default_root_dir"
+            )
+        return ckpt_path
+    newest = newest_checkpoint(run_dir)
+    rank_zero_info(f"resuming from {newest}" if newest else f"no checkpoint in {run_dir} yet: training from the start")
+    return str(newest) if newest else None
+
+
 GPU_ONLY_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy")  # Lightning 2.6 refuses them on CPU
 
 
-def check_strategy(trainer) -> None:
-    """A strategy the accelerator cannot run fails here, in one line, not in a traceback after setup."""
+def check_strategy(trainer, cuda: bool | None = None) -> None:
+    """A strategy the accelerator cannot run fails here, in one line, not in a traceback after setup.
+
+    `cuda`: whether the run will have CUDA GPUs (default: whether this process has them and is asked to use them).
+    """
     strategy = trainer.get("strategy")
     name = str(strategy.class_path).rsplit(".", 1)[-1] if isinstance(strategy, Namespace) else str(strategy)
     gpu_only = name in GPU_ONLY_STRATEGIES or name.startswith(("fsdp", "deepspeed"))
-    if gpu_only and (trainer.accelerator == "cpu" or not torch.cuda.is_available()):
+    if cuda is None:
+        cuda = trainer.accelerator != "cpu" and torch.cuda.is_available()
+    if gpu_only and not cuda:
         raise UserError(
             f"--trainer.strategy {name} needs CUDA GPUs; on CPU use configs/strategy/ddp.yaml or "
             "configs/strategy/fsdp2.yaml"
         )
+
+
+MODEL_PARALLEL_STRATEGIES = ("ModelParallelStrategy", "FSDP2Strategy")
 
 
 def fill_data_parallel_size(trainer) -> None:
@@ -134,7 +173,7 @@ def fill_data_parallel_size(trainer) -> None:
     data-parallel over every device, so the size is devices x nodes.
     """
     strategy = trainer.get("strategy")
-    if not isinstance(strategy, Namespace) or not str(strategy.class_path).endswith("ModelParallelStrategy"):
+    if not isinstance(strategy, Namespace) or not str(strategy.class_path).endswith(MODEL_PARALLEL_STRATEGIES):
         return
     args = strategy.init_args
     if args.get("data_parallel_size") == "auto" and args.get("tensor_parallel_size") == 1:
@@ -151,6 +190,16 @@ class DataCLI(FineTuneCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         pass  # instantiate the classes, run nothing; `data_command` takes over
+
+
+class ConfigCLI(DataCLI):
+    """A fit configuration parsed and checked, nothing built (no model is loaded on a SLURM login node)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
 
 
 def pop_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
@@ -214,6 +263,39 @@ def print_fold_summary(summary: dict, folds: int) -> None:
     Console().print(table)
 
 
+def slurm_command(argv: list[str]) -> None:
+    """lightning-ft slurm submit --config X.yaml [--config ...] [--nodes N] [--gpus-per-node G] [job flags] [fit flags]
+
+    Checks the configuration as `fit` would, sets the trainer's devices and nodes to the allocation, freezes the
+    resolved config in `<run dir>/slurm/<time>/config.yaml` beside the sbatch script, and submits it (or only writes
+    and prints it with --dry-run). Everything is checked before anything is submitted.
+    """
+    if argv[:1] != ["submit"]:
+        raise UserError("usage: lightning-ft slurm submit --config X.yaml [--nodes N] [--gpus-per-node G] [--dry-run]")
+    request, fit_argv = slurm.parse_request(argv[1:])
+    cli = ConfigCLI(args=["fit", *fit_argv])
+    config = cli.config.fit
+    trainer = config.trainer
+    for key, value in slurm.job_devices(request, trainer.devices, trainer.num_nodes, trainer.accelerator).items():
+        trainer[key] = value
+    check_strategy(trainer, cuda=request.gpus_per_node > 0)
+    run_dir = Path(config.trainer.default_root_dir or ".").resolve()
+    resume_point(config.ckpt_path, run_dir)  # refuses a fresh run into a dir that holds checkpoints
+    request = dataclasses.replace(request, job_name=request.job_name or run_dir.name)
+    job_dir = run_dir / "slurm" / time.strftime("%Y%m%d-%H%M%S")
+    job_dir.mkdir(parents=True, exist_ok=False)
+    frozen = job_dir / "config.yaml"
+    cli._parser("fit").save(config, frozen, skip_none=False)
+    command = f"{sys.executable} -m lightning_ft fit --config {frozen}"
+    script = job_dir / "job.sbatch"
+    script.write_text(slurm.render(request, trainer.devices, job_dir, Path.cwd(), command))
+    if request.dry_run:
+        print(script.read_text())
+        print(f"wrote {script} (not submitted): sbatch {script}")
+        return
+    print(f"submitted job {slurm.submit(script)}: {script}; logs in {job_dir}")
+
+
 def evaluation_command(module: str):
     """A command of lightning_ft.evaluation, imported only when run (lm-eval is slow to import)."""
     return lambda argv: importlib.import_module(f"lightning_ft.evaluation.{module}").main(argv)
@@ -225,6 +307,8 @@ COMMANDS = {
     "cv": cv_command,
     "eval": evaluation_command("benchmarks"),
     "human-eval": evaluation_command("human"),
+    "slurm": slurm_command,
+    "consolidate": consolidate.main,
 }
 
 
@@ -249,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[argv[0]](argv[1:])
         else:
             FineTuneCLI(args=argv)
+    except Preempted as stop:
+        if rank_zero_only.rank == 0:
+            print(stop, file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     except (UserError, ArgumentError, MisconfigurationException) as err:  # Lightning's own flag/config errors
         if debug:
             raise

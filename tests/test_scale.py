@@ -45,10 +45,15 @@ def test_one_step_is_the_same_however_the_global_batch_is_split(tiny_model, tmp_
             torch.testing.assert_close(grads[name], value, atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-@pytest.mark.parametrize("method", ["LoRA", "Full"])
+@pytest.mark.parametrize(
+    "strategy,method",
+    [("ddp", "LoRA"), ("ddp", "Full"), ("fsdp2", "LoRA"), ("fsdp2", "Full"), ("fsdp2-sharded", "LoRA")],
+)
 def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strategy, method):
-    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps."""
+    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps.
+
+    fsdp2-sharded saves and resumes from torch.distributed.checkpoint folders, then consolidates the last one.
+    """
     # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
     common = [
         "--model.method",
@@ -66,12 +71,19 @@ def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strateg
     assert cli(fit_args(*common, "--data.batch_size", "4", run_dir=alone)) == 0
 
     shared = tmp_path / strategy
-    preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
+    preset = ["--config", str(ROOT / f"configs/strategy/{strategy.removesuffix('-sharded')}.yaml")]
+    if strategy.endswith("-sharded"):
+        preset += ["--trainer.strategy.init_args.save_distributed_checkpoint", "true"]
     for extra in (["--trainer.max_steps", "4"], ["--ckpt_path", "last"]):  # stop after 4, then resume to 8
         args = fit_args(*common, "--trainer.devices", "2", "--data.batch_size", "2", *extra, run_dir=shared)
         run_in_processes("-m", "lightning_ft", "fit", *preset, *args[1:])
+    last = shared / "checkpoints/last.ckpt"
+    if strategy.endswith("-sharded"):
+        assert (last / ".metadata").is_file()
+        assert cli(["consolidate", str(last), str(tmp_path / "consolidated.ckpt")]) == 0
+        last = tmp_path / "consolidated.ckpt"
     expected = torch.load(alone / "checkpoints/last.ckpt", weights_only=False)
-    result = torch.load(shared / "checkpoints/last.ckpt", weights_only=False)
+    result = torch.load(last, weights_only=False)
     assert result["global_step"] == expected["global_step"] == 8
     assert result["state_dict"].keys() == expected["state_dict"].keys()
     for key, value in expected["state_dict"].items():
@@ -81,7 +93,7 @@ def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strateg
 PRESETS = {
     "ddp": "DDPStrategy",
     "fsdp": "FSDPStrategy",
-    "fsdp2": "ModelParallelStrategy",
+    "fsdp2": "FSDP2Strategy",
     "deepspeed_zero2": "DeepSpeedStrategy",
     "deepspeed_zero3": "DeepSpeedStrategy",
     "deepspeed_zero3_offload": "DeepSpeedStrategy",

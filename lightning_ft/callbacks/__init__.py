@@ -1,8 +1,17 @@
 """Cross-cutting training features as Lightning callbacks."""
 
 from lightning_ft.callbacks.best import RestoreBestWeights
-from lightning_ft.callbacks.checkpoint import Checkpoint
+from lightning_ft.callbacks.checkpoint import Checkpoint, newest_checkpoint
 from lightning_ft.callbacks.classification import ClassificationMetrics
 from lightning_ft.callbacks.generation import GenerationMetrics
+from lightning_ft.callbacks.preemption import Preempted, Preemption
 
-__all__ = ["Checkpoint", "ClassificationMetrics", "GenerationMetrics", "RestoreBestWeights"]
+__all__ = [
+    "Checkpoint",
+    "ClassificationMetrics",
+    "GenerationMetrics",
+    "Preempted",
+    "Preemption",
+    "RestoreBestWeights",
+    "newest_checkpoint",
+]

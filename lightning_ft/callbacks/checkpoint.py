@@ -1,9 +1,13 @@
-"""ModelCheckpoint whose `last.ckpt` is always the newest state."""
+"""ModelCheckpoint whose `last.ckpt` is always the newest state, and where a run resumes from."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class Checkpoint(ModelCheckpoint):
@@ -28,3 +32,33 @@ class Checkpoint(ModelCheckpoint):
         # Skipped when the parent already saved in this step (then last.ckpt is fresh) or must not save at all.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint holds, or None when it cannot be read (cut short by a kill, or not one).
+
+    Reads only the pickled metadata (mmap: tensors stay on disk). Sharded checkpoints are folders: FSDP's keep the
+    step in `meta.pt`, DeepSpeed's in the rank-0 model states file.
+    """
+    if path.is_dir():
+        candidates = [path / "meta.pt", *sorted(path.glob("*/mp_rank_00_model_states.pt"))]
+        path = next((c for c in candidates if c.is_file()), path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return int(checkpoint["global_step"])
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a resume candidate
+        return None
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The valid checkpoint with the most training steps in a run dir, the newest file among equals.
+
+    Candidates: `checkpoints/*.ckpt` and Lightning's SLURM `hpc_ckpt_*.ckpt`. Lightning itself resumes from the
+    highest-numbered hpc checkpoint even when a later ModelCheckpoint file exists, and `--ckpt_path last` ignores
+    hpc checkpoints; neither is right after a requeue, so the step count decides.
+    """
+    candidates = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    steps = {path: step for path in candidates if (step := checkpoint_step(path)) is not None}
+    for path in sorted(set(candidates) - steps.keys()):
+        rank_zero_warn(f"skipping unreadable checkpoint {path}")
+    return max(steps, key=lambda path: (steps[path], path.stat().st_mtime), default=None)

@@ -1,5 +1,10 @@
-"""Helpers for Lightning's distributed strategies: which modules to shard."""
+"""Helpers for Lightning's distributed strategies (which modules to shard) and SLURM jobs (slurm.py)."""
 
-from lightning_ft.distributed.sharding import TransformerBlocks, shard_transformer_blocks, transformer_block_names
+from lightning_ft.distributed.sharding import (
+    FSDP2Strategy,
+    TransformerBlocks,
+    shard_transformer_blocks,
+    transformer_block_names,
+)
 
-__all__ = ["TransformerBlocks", "shard_transformer_blocks", "transformer_block_names"]
+__all__ = ["FSDP2Strategy", "TransformerBlocks", "shard_transformer_blocks", "transformer_block_names"]

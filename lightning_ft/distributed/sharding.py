@@ -1,4 +1,5 @@
-"""Sharding units for FSDP (auto-wrap policy) and FSDP2 (`fully_shard`): one unit per transformer block.
+"""Sharding units for FSDP (auto-wrap policy) and FSDP2 (`fully_shard`): one unit per transformer block; the FSDP2
+strategy that saves only trained weights.
 
 Hugging Face models name their blocks in `_no_split_modules` (LlamaDecoderLayer, BertLayer, ...), so the same
 code shards any architecture without a per-model list.
@@ -6,6 +7,10 @@ code shards any architecture without a per-model list.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 
@@ -38,3 +43,44 @@ def shard_transformer_blocks(model: nn.Module, mesh) -> None:
         if type(module).__name__ in names:
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy (FSDP2) that gathers, saves and loads only the weights being trained.
+
+    Lightning gathers every weight of the model to save one file (the whole frozen base of a LoRA run, to rank
+    0's memory, only for the module to drop it again), and its sharded loading asks the shards for every weight,
+    so an adapter-only sharded checkpoint cannot be loaded. Frozen weights come from the base model at every start
+    anyway; torch's `ignore_frozen_params` leaves them out of both.
+    """
+
+    def lightning_module_state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = not self._save_distributed_checkpoint
+        options = StateDictOptions(full_state_dict=full, cpu_offload=True, ignore_frozen_params=True)
+        return get_model_state_dict(self.model, options=options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_load, _is_sharded_checkpoint
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not _is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only)
+        weights = {"state_dict": get_model_state_dict(self.model, options=StateDictOptions(ignore_frozen_params=True))}
+        _distributed_checkpoint_load(weights, path)
+        set_model_state_dict(self.model, weights["state_dict"], options=StateDictOptions(strict=False))
+        for index, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{index}"
+            state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            _distributed_checkpoint_load(state, path)
+            set_optimizer_state_dict(self.model, optimizer, state[key], options=StateDictOptions(cpu_offload=True))
+        # Our own run's metadata (steps, loops, hyperparameters with the method's settings): not weights only.
+        return torch.load(path / "meta.pt", map_location="cpu", weights_only=bool(weights_only))

@@ -1,0 +1,5 @@
+"""Run records and the experiment trackers' view of a run."""
+
+from lightning_ft.tracking.wandb_run import continue_wandb_run
+
+__all__ = ["continue_wandb_run"]
