@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU matrix: every strategy preset x every method, 2 training steps each on a tiny Llama, plus a save/resume
-# (2 more steps from last.ckpt) per strategy, 4 runs at a time; prints a table. Meant for a GPU machine after
+# (2 more steps from last.ckpt, consolidated when sharded) per strategy, 4 runs at a time; prints a table. Meant for a GPU machine after
 # `make install TORCH=...` with CUDA; about 4-6 minutes on one H200.
 #   scripts/gpu_check.sh [DEVICES]        # DEVICES per run, default 1 (all strategies run at world size 1 too)
 set -uo pipefail
@@ -38,7 +38,10 @@ run() {  # strategy method [resume] -> one line "strategy method status seconds"
   [ "$method" = QLoRA ] && args+=(--model.method.compute_dtype bfloat16 --model.method.quant_storage bfloat16)
   [ -n "$resume" ] && args+=(--trainer.max_steps 4 --ckpt_path last)
   MASTER_PORT=$((20000 + RANDOM % 20000)) timeout 300 $PYTHON -m lightning_ft "${args[@]}" >"$log" 2>&1
-  local rc=$? status=ok
+  local rc=$? status=ok last=$dir/checkpoints/last.ckpt
+  if [ $rc -eq 0 ] && [ -n "$resume" ] && [ -d "$last" ]; then  # a sharded checkpoint (DeepSpeed): one file
+    $PYTHON -m lightning_ft consolidate "$last" "$dir/consolidated.ckpt" >>"$log" 2>&1 && status="ok, consolidated" || rc=1
+  fi
   if [ $rc -ne 0 ]; then status="FAIL: $(grep -m1 -E '^error:|Error' "$log" | cut -c1-90)"; fi
   echo "$strategy|$method${resume:+ +resume}|$status|$((SECONDS - start))s"
 }
@@ -59,7 +62,7 @@ for column in ("strategy", "method", "result", "time"):
     table.add_column(column)
 for line in sorted(open(sys.argv[1]).read().splitlines()):
     strategy, method, status, seconds = line.split("|")
-    table.add_row(strategy, method, f"[green]{status}[/]" if status == "ok" else f"[red]{status}[/]", seconds)
+    table.add_row(strategy, method, f"[red]{status}[/]" if status.startswith("FAIL") else f"[green]{status}[/]", seconds)
 Console(width=160).print(table)
 PY
 echo "logs: $WORK/logs"

@@ -39,26 +39,31 @@ class Preemption(Callback):
     def _request(self, signum, frame) -> None:
         self.requested = True
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # After Lightning registered its own handlers (in Trainer._run), so this one replaces them for training.
-        self.requested, self._seen_step = False, trainer.global_step
-        if threading.current_thread() is threading.main_thread():
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Before Lightning registers its handlers (it then leaves SIGUSR1 to this one) and before data loading
+        # starts: a signal that arrives while the data is prepared must not kill the job, and DataLoader workers
+        # forked later inherit the handler (SLURM signals every process of the step).
+        self.requested = False
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(self.signum, self._request)
-            rank_zero_info(
-                f"training from step {trainer.global_step}; {self.signum.name} checkpoints at the next optimizer "
-                "step and stops"
-            )
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._seen_step = trainer.global_step
+        rank_zero_info(
+            f"training from step {trainer.global_step}; {self.signum.name} checkpoints at the next optimizer step "
+            "and stops"
+        )
 
     def _restore_handler(self) -> None:
         if self._previous_handler is not None:
             signal.signal(self.signum, self._previous_handler)
             self._previous_handler = None
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore_handler()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+        self._restore_handler()  # Lightning skips the teardown hooks after an exception
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._seen_step:
@@ -69,7 +74,6 @@ class Preemption(Callback):
             return
         path = save_now(trainer)
         requeued = requeue_slurm_job() if trainer.is_global_zero else None
-        rank_zero_info(f"preempted at step {trainer.global_step}: saved {path}")
         raise Preempted(trainer.global_step, path, requeued)
 
 
