@@ -17,8 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
@@ -39,6 +38,7 @@ from lightning_ft.callbacks import (
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.report import print_report
 from lightning_ft.distributed import consolidate, slurm
+from lightning_ft.distributed.presets import check_strategy, fill_data_parallel_size, fit_quant_storage
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_json_atomically
 from lightning_ft.methods import METHODS
@@ -108,6 +108,7 @@ class FineTuneCLI(LightningCLI):
         config = self.config[self.subcommand]
         check_strategy(config.trainer)
         fill_data_parallel_size(config.trainer)
+        fit_quant_storage(config.trainer, config.model)
         if self.subcommand == "fit" and not config.data.val_path and config.checkpoint.monitor:
             config.checkpoint.monitor = None  # no validation: "best" is simply the latest checkpoint
         if self.subcommand == "fit":
@@ -141,45 +142,6 @@ def resume_point(ckpt_path: str | None, run_dir: Path) -> str | None:
     newest = newest_checkpoint(run_dir)
     rank_zero_info(f"resuming from {newest}" if newest else f"no checkpoint in {run_dir} yet: training from the start")
     return str(newest) if newest else None
-
-
-GPU_ONLY_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy")  # Lightning 2.6 refuses them on CPU
-
-
-def check_strategy(trainer, cuda: bool | None = None) -> None:
-    """A strategy the accelerator cannot run fails here, in one line, not in a traceback after setup.
-
-    `cuda`: whether the run will have CUDA GPUs (default: whether this process has them and is asked to use them).
-    """
-    strategy = trainer.get("strategy")
-    name = str(strategy.class_path).rsplit(".", 1)[-1] if isinstance(strategy, Namespace) else str(strategy)
-    gpu_only = name in GPU_ONLY_STRATEGIES or name.startswith(("fsdp", "deepspeed"))
-    if cuda is None:
-        cuda = trainer.accelerator != "cpu" and torch.cuda.is_available()
-    if gpu_only and not cuda:
-        raise UserError(
-            f"--trainer.strategy {name} needs CUDA GPUs; on CPU use configs/strategy/ddp.yaml or "
-            "configs/strategy/fsdp2.yaml"
-        )
-
-
-MODEL_PARALLEL_STRATEGIES = ("ModelParallelStrategy", "FSDP2Strategy")
-
-
-def fill_data_parallel_size(trainer) -> None:
-    """ModelParallelStrategy (FSDP2) with `data_parallel_size: auto` and no tensor parallelism: all devices.
-
-    Lightning reads "auto" as the number of nodes (made for tensor parallelism within nodes); our preset shards
-    data-parallel over every device, so the size is devices x nodes.
-    """
-    strategy = trainer.get("strategy")
-    if not isinstance(strategy, Namespace) or not str(strategy.class_path).endswith(MODEL_PARALLEL_STRATEGIES):
-        return
-    args = strategy.init_args
-    if args.get("data_parallel_size") == "auto" and args.get("tensor_parallel_size") == 1:
-        if not isinstance(trainer.devices, int) and not str(trainer.devices).isdigit():
-            raise UserError("--trainer.devices must be a number with configs/strategy/fsdp2.yaml (e.g. 4)")
-        args.data_parallel_size = int(trainer.devices) * int(trainer.num_nodes)
 
 
 class DataCLI(FineTuneCLI):

@@ -35,7 +35,7 @@ run() {  # strategy method [resume] -> one line "strategy method status seconds"
     --trainer.logger false --trainer.enable_progress_bar false --trainer.max_steps 2)
   [ "$method" = PrefixTuning ] && args+=(--data.batching group_by_length)
   [ "$ACCELERATOR" = cpu ] && args+=(--trainer.precision 32-true)
-  [ "$method" = QLoRA ] && args+=(--model.method.compute_dtype bfloat16 --model.method.quant_storage bfloat16)
+  [ "$method" = QLoRA ] && args+=(--model.method.compute_dtype bfloat16)  # FSDP: float32 storage, set by the CLI
   [ -n "$resume" ] && args+=(--trainer.max_steps 4 --ckpt_path last)
   MASTER_PORT=$((20000 + RANDOM % 20000)) timeout 300 $PYTHON -m lightning_ft "${args[@]}" >"$log" 2>&1
   local rc=$? status=ok last=$dir/checkpoints/last.ckpt

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
 from conftest import ROOT, WORDS, run_in_processes, write_jsonl
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.strategies import Strategy
+
+from lightning_ft.distributed.presets import fit_quant_storage
+from lightning_ft.errors import UserError
 
 
 def varied_rows(n: int) -> list[dict]:
@@ -123,3 +128,27 @@ def test_gpu_only_presets_refuse_cpu_in_one_line(cli, fit_args, capsys, preset):
     assert cli(["fit", "--config", str(ROOT / f"configs/strategy/{preset}.yaml"), *args[1:]]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "needs CUDA GPUs" in errors[0], errors
+
+
+def run_fsdp1_qlora(tiny_model, storage: str) -> str:
+    script = ROOT / "tests/scripts/fsdp1_qlora.py"
+    done = subprocess.run([sys.executable, script, tiny_model, storage], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_qlora_under_fsdp_stores_its_4bit_weights_so_fsdp_can_flatten_them(tiny_model):
+    """FSDP (1) runs only on GPUs under Lightning; torch's FSDP on CPU shows the flattening the preset needs."""
+    assert run_fsdp1_qlora(tiny_model, "uint8") == "FSDP refused: Cannot flatten integer dtype tensors"
+    trainer = Namespace(strategy=Namespace(class_path="lightning.pytorch.strategies.FSDPStrategy"))
+    model = Namespace(
+        method=Namespace(class_path="lightning_ft.methods.QLoRA", init_args=Namespace(quant_storage="uint8"))
+    )
+    fit_quant_storage(trainer, model)
+    storage = model.method.init_args.quant_storage
+    assert storage == "float32"
+    assert run_fsdp1_qlora(tiny_model, storage) == "ok"  # a step moved the adapter, not the 4-bit base
+
+    model.method.init_args.quant_storage = "bfloat16"  # a non-uniform unit: refused in one line, before loading
+    with pytest.raises(UserError, match="quant_storage bfloat16 cannot be flattened by FSDP"):
+        fit_quant_storage(trainer, model)

@@ -27,7 +27,8 @@ class QLoRA(LoRA):
         quant_type: "nf4" (normal-float, best for normally distributed weights) or "fp4".
         double_quant: also quantize the quantization constants (saves ~0.4 bit per weight).
         compute_dtype: dtype the 4-bit weights are dequantized to for each matmul.
-        quant_storage: dtype the packed 4-bit data is stored in; set it to compute_dtype under FSDP.
+        quant_storage: dtype the packed 4-bit data is stored in (the same bytes); under FSDP float32, like every
+            other weight of a QLoRA model, so FSDP can flatten them (set automatically).
     """
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
