@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -152,3 +154,38 @@ def test_qlora_under_fsdp_stores_its_4bit_weights_so_fsdp_can_flatten_them(tiny_
     model.method.init_args.quant_storage = "bfloat16"  # a non-uniform unit: refused in one line, before loading
     with pytest.raises(UserError, match="quant_storage bfloat16 cannot be flattened by FSDP"):
         fit_quant_storage(trainer, model)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU communication op with g++")
+def test_consolidate_turns_a_deepspeed_zero3_checkpoint_into_one_file(cli, tmp_path):
+    script = ROOT / "tests/scripts/deepspeed_zero3_checkpoint.py"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    subprocess.run([sys.executable, script, tmp_path / "last.ckpt", tmp_path / "expected.pt"], check=True, env=env)
+    assert cli(["consolidate", str(tmp_path / "last.ckpt"), str(tmp_path / "one.ckpt")]) == 0
+    consolidated = torch.load(tmp_path / "one.ckpt", weights_only=False)
+    expected = torch.load(tmp_path / "expected.pt")
+    assert consolidated["global_step"] == 1 and consolidated["hyper_parameters"] == {"method": "test"}
+    assert consolidated["state_dict"].keys() == expected.keys()  # the trained weights only
+    for name, value in expected.items():
+        torch.testing.assert_close(consolidated["state_dict"][name], value, rtol=0, atol=0)
+
+
+def test_consolidate_refuses_what_it_cannot_read_in_one_line(cli, tmp_path, capsys):
+    (tmp_path / "plain.ckpt").write_bytes(b"x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "taken.ckpt").write_bytes(b"x")
+    cases = [
+        (
+            ["consolidate", str(tmp_path / "plain.ckpt"), str(tmp_path / "out.ckpt")],
+            "is a single-file checkpoint already",
+        ),
+        (["consolidate", str(tmp_path / "missing"), str(tmp_path / "out.ckpt")], "is not found"),
+        (["consolidate", str(tmp_path / "folder"), str(tmp_path / "out.ckpt")], "holds neither FSDP shards"),
+        (["consolidate", str(tmp_path / "folder"), str(tmp_path / "taken.ckpt")], "exists; choose another OUT"),
+        (["consolidate", str(tmp_path / "folder")], "usage: lightning-ft consolidate CKPT_DIR OUT"),
+    ]
+    for argv, message in cases:
+        assert cli(argv) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "out.ckpt").exists()
