@@ -33,6 +33,8 @@ from lightning_ft.callbacks import (
     Preempted,
     Preemption,
     RestoreBestWeights,
+    RunRecord,
+    Throughput,
     newest_checkpoint,
 )
 from lightning_ft.data import FineTuneDataModule
@@ -74,8 +76,9 @@ class FineTuneCLI(LightningCLI):
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the module's `optim` settings own the optimizer
             trainer_defaults={
-                # ClassificationMetrics is a no-op for causal LMs; Preemption checkpoints and stops on SIGUSR1
-                "callbacks": [ClassificationMetrics(), Preemption()],
+                # ClassificationMetrics is a no-op for causal LMs; Preemption checkpoints and stops on SIGUSR1;
+                # RunRecord keeps run.json, with Throughput's totals
+                "callbacks": [ClassificationMetrics(), Preemption(), Throughput(), RunRecord()],
                 "use_distributed_sampler": False,  # the DataModule shards the data itself (exact loss and metrics)
             },
             parser_kwargs={name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} | {"exit_on_error": False},

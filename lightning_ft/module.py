@@ -57,6 +57,8 @@ class FineTuneModule(LightningModule):
         # strategies load checkpoints through this flag, the others through load_state_dict below.
         self.strict_loading = False
         self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
+        self._last_batch_tokens = 0
+        self.parameter_counts: tuple[int, int] | None = None  # (trainable, total), counted when fitting starts
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def configure_model(self) -> None:
@@ -106,7 +108,18 @@ class FineTuneModule(LightningModule):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).logits
 
+    @property
+    def flops_per_batch(self) -> int | None:
+        """FLOPs of the last training batch, for the throughput monitor's MFU: per real token, 2N for the forward,
+        2N for the activation gradients and 2T for the weight gradients (N parameters, T of them trained); the
+        attention's sequence-length term is left out, as in the usual 6N estimate."""
+        if self.parameter_counts is None or not self._last_batch_tokens:
+            return None
+        trainable, total = self.parameter_counts
+        return (4 * total + 2 * trainable) * self._last_batch_tokens
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._last_batch_tokens = int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
         loss, count = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
         if "step_terms" not in batch:
@@ -155,7 +168,7 @@ class FineTuneModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        trainable, total = count_parameters(self.model)
+        self.parameter_counts = trainable, total = count_parameters(self.model)
         rank_zero_info(f"trainable: {trainable:,} / {total:,} ({100 * trainable / total:.2f}%)  {self.method!r}")
 
     # -- checkpoints ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,12 @@ def test_sigusr1_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_p
     step = saved["global_step"]
     assert 0 < step < 1000
     assert saved["optimizer_states"][0]["state"]  # a whole step: the optimizer moments are there
+    record = json.loads((tmp_path / "run/run.json").read_text())
+    assert (record["status"], record["checkpoints"]["last"], record["progress"]["global_step"]) == (
+        "preempted",
+        str(last),
+        step,
+    )
 
     assert cli(fit_args("--trainer.max_steps", str(step + 3), "--ckpt_path", "last")) == 0
     assert torch.load(last, weights_only=False)["global_step"] == step + 3

@@ -5,6 +5,8 @@ from lightning_ft.callbacks.checkpoint import Checkpoint, newest_checkpoint
 from lightning_ft.callbacks.classification import ClassificationMetrics
 from lightning_ft.callbacks.generation import GenerationMetrics
 from lightning_ft.callbacks.preemption import Preempted, Preemption
+from lightning_ft.callbacks.run_record import RunRecord
+from lightning_ft.callbacks.throughput import Throughput
 
 __all__ = [
     "Checkpoint",
@@ -13,5 +15,7 @@ __all__ = [
     "Preempted",
     "Preemption",
     "RestoreBestWeights",
+    "RunRecord",
+    "Throughput",
     "newest_checkpoint",
 ]

@@ -173,6 +173,7 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
         batch["labels"] = torch.tensor([e["labels"] for e in examples])
     if "step_terms" in examples[0]:
         batch["step_terms"] = torch.tensor(examples[0]["step_terms"])
+    batch["num_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in examples))  # real tokens: throughput counts
     return batch
 
 

@@ -1,0 +1,91 @@
+"""The run record run.json: complete and schema-valid when a run completes, honest when it fails or is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jsonschema
+import pytest
+from lightning.pytorch import Callback
+
+from lightning_ft.tracking.record import SCHEMA, redact
+
+
+def validate(record: dict) -> None:
+    jsonschema.validate(record, json.loads(SCHEMA.read_text()), format_checker=jsonschema.FormatChecker())
+
+
+class FailAtStep2(Callback):
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 2:
+            raise RuntimeError("boom at step 2")
+
+
+def test_a_completed_run_leaves_a_complete_valid_record(cli, fit_args, tmp_path):
+    args = fit_args("--data.batching", "pad", "--data.batch_size", "4", "--trainer.max_epochs", "1")
+    assert cli([*args, "--trainer.max_steps", "-1"]) == 0
+    record = json.loads((tmp_path / "run/run.json").read_text())
+    validate(record)
+    assert record["status"] == "completed" and record["error"] is None
+    assert record["method"]["name"] == "Full" and record["parameters"]["trainable_percent"] == 100
+    assert record["config"]["data"]["batch_size"] == 4 and record["seed"] == 42
+    assert record["progress"]["global_step"] == 8  # 32 examples / 4
+    assert record["throughput"]["samples"] == 32
+    assert record["throughput"]["tokens"] == record_tokens(record)  # every real token of one epoch, no padding
+    assert record["throughput"]["tokens_per_s"] > 0 and record["memory"]["peak_rss_mb"] > 0
+    assert record["checkpoints"]["last"].endswith("checkpoints/last.ckpt")
+    assert record["metrics"]["best"]["val_loss"] == pytest.approx(record["metrics"]["final"]["val_loss"], rel=0.5)
+    assert record["data"]["examples"] == {"train": 32, "val": 8} and len(record["data"]["fingerprint"]) == 24
+
+
+def record_tokens(record: dict) -> int:
+    """The training set's token count, from the data files the record names (the tiny tokenizer, re-encoded)."""
+    from lightning_ft import FineTuneDataModule
+
+    datamodule = FineTuneDataModule("instruction", record["data"]["files"]["train"], tokenizer=record["model"])
+    datamodule.setup("fit")
+    return sum(len(ids) for ids in datamodule.datasets["train"]["input_ids"])
+
+
+def test_a_run_that_raises_reads_failed_with_the_error(cli, fit_args, tmp_path):
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        cli(fit_args("--trainer.max_steps", "5", "--trainer.callbacks+=test_tracking.FailAtStep2"))
+    record = json.loads((tmp_path / "run/run.json").read_text())
+    validate(record)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom at step 2"
+    assert record["progress"]["global_step"] == 2
+
+
+def test_a_run_killed_outright_reads_running_with_its_last_checkpoint(fit_args, tmp_path):
+    args = fit_args("--trainer.max_steps", "1000", "--trainer.max_epochs", "-1", "--data.batch_size", "16")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_ft", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    path = tmp_path / "run/run.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if record.get("checkpoints", {}).get("last"):
+            break
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    record = json.loads(path.read_text())
+    validate(record)
+    assert record["status"] == "running" and record["progress"]["global_step"] > 0
+    assert os.path.exists(record["checkpoints"]["last"])
+
+
+def test_secrets_never_reach_the_record():
+    config = {"trainer": {"logger": {"init_args": {"api_key": "abc", "project": "p"}}}, "hub_token": "hf_x"}
+    config["generation"] = {"max_new_tokens": 8, "pad_token": "<pad>", "password": "pw"}
+    assert redact(config) == {
+        "trainer": {"logger": {"init_args": {"api_key": "<redacted>", "project": "p"}}},
+        "hub_token": "<redacted>",
+        "generation": {"max_new_tokens": 8, "pad_token": "<pad>", "password": "<redacted>"},
+    }
