@@ -1,5 +1,5 @@
 """`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
-slurm, consolidate.
+slurm, consolidate, compare.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -45,7 +45,7 @@ from lightning_ft.errors import UserError
 from lightning_ft.files import write_json_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
-from lightning_ft.tracking import continue_wandb_run
+from lightning_ft.tracking import compare, continue_wandb_run, finish_wandb_runs
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
@@ -118,6 +118,12 @@ class FineTuneCLI(LightningCLI):
             run_dir = Path(config.trainer.default_root_dir or ".")
             config.ckpt_path = resume_point(config.ckpt_path, run_dir)
             continue_wandb_run(config.trainer, run_dir)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # also after a failure: the next fit in this process must not log into this W&B run
+            finish_wandb_runs(self.trainer.loggers)
 
     def after_instantiate_classes(self) -> None:
         wanted = self.datamodule.format.task
@@ -274,6 +280,7 @@ COMMANDS = {
     "human-eval": evaluation_command("human"),
     "slurm": slurm_command,
     "consolidate": consolidate.main,
+    "compare": compare.main,
 }
 
 

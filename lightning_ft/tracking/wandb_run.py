@@ -36,3 +36,12 @@ def run_id(run_dir: Path) -> str:
         run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(made + "\n")
     return made
+
+
+def finish_wandb_runs(loggers) -> None:
+    """End the W&B runs a fit opened. Lightning's WandbLogger leaves the run open and the next WandbLogger in the
+    same process (cv folds, sweeps, notebooks) silently logs into it: three fits, one W&B run."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+            logger._experiment = None

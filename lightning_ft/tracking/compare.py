@@ -1,0 +1,274 @@
+"""`lightning-ft compare RUN_DIR_OR_GLOB... [--metric val_loss] [--output report.html|report.md]`: runs side by side.
+
+A table of what differs between the runs (config keys whose values differ, method, trainable %, metrics, tokens/s,
+peak memory, status), best first by the chosen metric; loss curves overlaid and final metrics as bars (PNG,
+matplotlib); an HTML or Markdown report embedding both. Runs are read from their run dirs: `run.json` and the
+CSV logger's `metrics.csv`, or a W&B offline run dir (through `wandb leet inspect`, since wandb writes no summary
+file offline). A dir without a record, or a failed or unfinished run, is a row that says so, never a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import html
+import json
+import math
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lightning_ft.errors import UserError
+from lightning_ft.tracking.record import read_record
+
+# Keys that differ between any two runs without saying anything about them.
+PER_RUN_KEYS = ("default_root_dir", "dirpath", "save_dir", "ckpt_path", "init_args.id", "init_args.version")
+LOWER_IS_BETTER = ("loss", "perplexity", "error", "wer", "cer")
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    record: dict | None
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (step, value)
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "?") if self.record else "no run record"
+
+    def metric(self, name: str) -> float | None:
+        """Best value when the run tracked it as best, else the final one, else the last logged point."""
+        metrics = (self.record or {}).get("metrics", {})
+        for source in (metrics.get("best", {}), metrics.get("final", {})):
+            if name in source:
+                return source[name]
+        points = self.curves.get(name)
+        return points[-1][1] if points else None
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+# ------------------------------------------------------------------------------------------------ reading runs
+
+
+def find_runs(patterns: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(Path(p) for p in glob.glob(pattern)) or [Path(pattern)]
+        found += [m for m in matches if m not in found]
+    missing = [str(path) for path in found if not path.is_dir()]
+    if missing:
+        raise UserError(f"compare: not a directory: {', '.join(missing)}")
+    return found
+
+
+def load_run(path: Path) -> Run:
+    record = read_record(path)
+    run = Run(name=path.name, path=path, record=record)
+    csv_files = sorted(path.glob("**/metrics.csv"))
+    wandb_dirs = sorted(p.parent for p in path.glob("**/*.wandb"))
+    if csv_files:
+        run.curves = read_csv_curves(csv_files)
+    elif wandb_dirs:
+        run.curves, summary = read_wandb_offline(wandb_dirs[-1])
+        if record is None and summary:
+            run.record = {"status": summary.get("state", "?"), "config": summary.get("config")}
+    return run
+
+
+def read_csv_curves(files: list[Path]) -> dict[str, list[tuple[int, float]]]:
+    """Every numeric column of Lightning's CSV logs, by step; files of a resumed run (versions) are joined."""
+    curves: dict[str, dict[int, float]] = {}
+    for file in files:
+        with file.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                step = row.get("step")
+                if not step:
+                    continue
+                for name, value in row.items():
+                    if name not in ("step", "epoch") and value not in ("", None):
+                        curves.setdefault(name, {})[int(float(step))] = float(value)
+    return {name: sorted(points.items()) for name, points in curves.items()}
+
+
+def read_wandb_offline(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict]:
+    """History and summary of a W&B offline run, read with `wandb leet inspect` (JSON)."""
+    wandb = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
+    try:
+        history = subprocess.run([*wandb, str(run_dir)], check=True, capture_output=True, text=True, timeout=120)
+        summary = subprocess.run([*wandb, "--summary", str(run_dir)], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.SubprocessError):
+        return {}, {}
+    curves: dict[str, dict[int, float]] = {}
+    for line in history.stdout.splitlines():
+        item = json.loads(line).get("history", {}).get("item") if '"history"' in line else None
+        if not item or "trainer/global_step" not in item:
+            continue
+        step = int(item["trainer/global_step"])
+        for name, value in item.items():
+            if not name.startswith(("_", "trainer/")) and isinstance(value, int | float) and name != "epoch":
+                curves.setdefault(name, {})[step] = float(value)
+    try:
+        details = json.loads(summary.stdout)
+    except json.JSONDecodeError:
+        details = {}
+    return {name: sorted(points.items()) for name, points in curves.items()}, details
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def flatten(config, prefix: str = "") -> dict[str, object]:
+    if isinstance(config, list) and any(isinstance(item, dict) for item in config):  # e.g. several loggers
+        config = dict(enumerate(config))
+    if isinstance(config, dict):
+        return {k: v for key, value in config.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): json.dumps(config) if isinstance(config, list) else config}
+
+
+def differing_config(runs: list[Run]) -> list[str]:
+    flat = [flatten((run.record or {}).get("config") or {}) for run in runs if run.record]
+    keys = sorted(set().union(*flat)) if flat else []
+    return [
+        key
+        for key in keys
+        if not key.endswith(PER_RUN_KEYS) and len({json.dumps(config.get(key), default=str) for config in flat}) > 1
+    ]
+
+
+def rows(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
+    keys = differing_config(runs)
+    columns = ["run", "status", "method", "trainable %", metric, "tokens/s", "peak RSS MB", *keys]
+    table = []
+    for run in runs:
+        record = run.record or {}
+        flat = flatten(record.get("config") or {})
+        throughput, memory = record.get("throughput") or {}, record.get("memory") or {}
+        table.append(
+            [
+                run.name,
+                run.status,
+                (record.get("method") or {}).get("name", ""),
+                fmt((record.get("parameters") or {}).get("trainable_percent"), 2),
+                fmt(run.metric(metric)),
+                fmt(throughput.get("tokens_per_s"), 0),
+                fmt(memory.get("peak_rss_mb"), 0),
+                *(str(flat.get(key, "")) for key in keys),
+            ]
+        )
+    return columns, table
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def sort_runs(runs: list[Run], metric: str) -> list[Run]:
+    sign = 1 if lower_is_better(metric) else -1
+    return sorted(runs, key=lambda run: (run.metric(metric) is None, sign * (run.metric(metric) or 0.0)))
+
+
+# ------------------------------------------------------------------------------------------------ plots, report
+
+
+def plot_curves(runs: list[Run], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, name in zip(axes, ("train_loss", "val_loss"), strict=True):
+        for run in runs:
+            if run.curves.get(name):
+                steps, values = zip(*run.curves[name], strict=True)
+                axis.plot(steps, values, marker="." if len(steps) < 30 else None, label=run.name)
+        axis.set(title=name, xlabel="step", ylabel="loss")
+        if axis.lines:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_metric_bars(runs: list[Run], metric: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    named = [(run.name, run.metric(metric)) for run in runs if run.metric(metric) is not None]
+    figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(named) + 2), 4))
+    axis.bar([name for name, _ in named], [value for _, value in named], color="tab:blue")
+    axis.set(title=f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)", ylabel=metric)
+    axis.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(path: Path, columns: list[str], table: list[list[str]], images: list[Path], metric: str) -> None:
+    title = f"lightning-ft compare: {len(table)} runs by {metric}"
+    relative = [image.name if image.parent == path.parent else str(image) for image in images]
+    if path.suffix == ".md":
+        lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table]
+        lines += ["", *(f"![{Path(image).stem}]({image})" for image in relative)]
+        path.write_text("\n".join(lines) + "\n")
+        return
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table)
+    images_html = "".join(f'<p><img src="{html.escape(image)}" alt="{Path(image).stem}"></p>' for image in relative)
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        f"padding:4px 8px;text-align:right}}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<table><tr>{head}</tr>{body}</table>{images_html}</body></html>\n"
+    )
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lightning-ft compare", exit_on_error=False)
+    parser.add_argument("runs", nargs="+", help="run dirs or globs (runs/*)")
+    parser.add_argument("--metric", default="val_loss", help="sort by this metric (loss-like: lower is better)")
+    parser.add_argument("--output", help="report.html or report.md; the PNGs are written beside it")
+    try:
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        raise UserError(f"compare: {err}") from None
+    output = Path(args.output) if args.output else None
+    if output and output.suffix not in (".html", ".md"):
+        raise UserError(f"--output {output}: a .html or .md file")
+    runs = sort_runs([load_run(path) for path in find_runs(args.runs)], args.metric)
+    columns, table = rows(runs, args.metric)
+    if all(run.metric(args.metric) is None for run in runs):
+        print(f"no run has the metric {args.metric!r}", file=sys.stderr)
+    console_table = Table(title=f"{len(runs)} runs, best {args.metric} first")
+    for column in columns:
+        console_table.add_column(column, overflow="fold")
+    for row in table:
+        console_table.add_row(*row)
+    # As wide as the table needs (a pipe or a SLURM log would otherwise fold every cell to 80 columns).
+    widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *table, strict=True)]
+    Console(width=max(shutil.get_terminal_size().columns, sum(widths) + 3 * len(widths) + 1)).print(console_table)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        images = [
+            plot_curves(runs, output.with_name(output.stem + "_loss.png")),
+            plot_metric_bars(runs, args.metric, output.with_name(output.stem + "_metric.png")),
+        ]
+        write_report(output, columns, table, images, args.metric)
+        print(f"report: {output} ({', '.join(image.name for image in images)})")
