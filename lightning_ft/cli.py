@@ -1,5 +1,5 @@
 """`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
-slurm, consolidate, compare.
+slurm, consolidate, compare, sweep.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -45,7 +45,7 @@ from lightning_ft.errors import UserError
 from lightning_ft.files import write_json_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
-from lightning_ft.tracking import compare, continue_wandb_run, finish_wandb_runs
+from lightning_ft.tracking import compare, continue_wandb_run, finish_wandb_runs, sweep
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
@@ -267,6 +267,42 @@ def slurm_command(argv: list[str]) -> None:
     print(f"submitted job {slurm.submit(script)}: {script}; logs in {job_dir}")
 
 
+def sweep_command(argv: list[str]) -> None:
+    """lightning-ft sweep --config X.yaml --grid 'KEY=[V1,V2]' [--grid ...] [fit flags] [--slurm JOB FLAGS...]
+
+    One fit per combination of the grids, in `<run dir>/<key=value_...>`, all in one W&B group (the run dir's
+    name); then the comparison (`<run dir>/sweep.html`). Every combination's configuration is checked before the
+    first one trains. With --slurm (the rest of the line: `slurm submit` flags) each is submitted as a job instead.
+    """
+    job_flags = argv[argv.index("--slurm") + 1 :] if "--slurm" in argv else None
+    argv = argv[: argv.index("--slurm")] if job_flags is not None else argv
+    grids = []
+    while "--grid" in argv:
+        grid, argv = pop_option(argv, "--grid")
+        grids.append(grid)
+    plan = sweep.trials(grids)
+    root = Path(ConfigCLI(args=["fit", *argv]).config.fit.trainer.default_root_dir or ".")
+    runs = {trial.name: [*argv, *trial.flags, "--trainer.default_root_dir", str(root / trial.name)] for trial in plan}
+    for name, args in runs.items():
+        try:
+            ConfigCLI(args=["fit", *args])
+        except (UserError, ArgumentError) as err:
+            raise UserError(f"sweep {name}: {explain(err)}") from None
+    os.environ.setdefault("WANDB_RUN_GROUP", root.name)  # W&B groups every run of the sweep
+    failed = []
+    for name, args in runs.items():
+        print(f"sweep: {name} ({len(failed)} failed so far)")
+        try:
+            slurm_command(["submit", *job_flags, *args]) if job_flags is not None else FineTuneCLI(args=["fit", *args])
+        except Exception as err:  # noqa: BLE001 - one failed combination must not stop the others
+            print(f"sweep: {name} failed: {explain(err)}", file=sys.stderr)
+            failed.append(name)
+    if job_flags is None:
+        compare.main([*(str(root / name) for name in runs), "--output", str(root / "sweep.html")])
+    if failed:
+        raise UserError(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
+
+
 def evaluation_command(module: str):
     """A command of lightning_ft.evaluation, imported only when run (lm-eval is slow to import)."""
     return lambda argv: importlib.import_module(f"lightning_ft.evaluation.{module}").main(argv)
@@ -281,6 +317,7 @@ COMMANDS = {
     "slurm": slurm_command,
     "consolidate": consolidate.main,
     "compare": compare.main,
+    "sweep": sweep_command,
 }
 
 

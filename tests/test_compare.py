@@ -72,7 +72,7 @@ def test_compare_shows_real_values_only_differing_keys_best_first(runs):
     for run in trained:
         assert run.curves["train_loss"][-1][1] == pytest.approx(csv_column(runs / run.name, "train_loss")[-1])
     columns, table = rows(loaded, "val_loss")
-    config_keys = columns[7:]
+    config_keys = columns[8:]
     assert config_keys and all(key.startswith("model.method") for key in config_keys), config_keys
     row = {r[0]: dict(zip(columns, r, strict=True)) for r in table}
     assert row["lora_r16"]["model.method.init_args.r"] == "16" and row["full"]["method"] == "Full"

@@ -147,7 +147,7 @@ def differing_config(runs: list[Run]) -> list[str]:
 
 def rows(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
     keys = differing_config(runs)
-    columns = ["run", "status", "method", "trainable %", metric, "tokens/s", "peak RSS MB", *keys]
+    columns = ["run", "status", "method", "trainable %", metric, "tokens/s", "peak RSS MB", "checkpoint MB", *keys]
     table = []
     for run in runs:
         record = run.record or {}
@@ -162,10 +162,19 @@ def rows(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
                 fmt(run.metric(metric)),
                 fmt(throughput.get("tokens_per_s"), 0),
                 fmt(memory.get("peak_rss_mb"), 0),
+                fmt(checkpoint_mb((record.get("checkpoints") or {}).get("last")), 2),
                 *(str(flat.get(key, "")) for key in keys),
             ]
         )
     return columns, table
+
+
+def checkpoint_mb(path: str | None) -> float | None:
+    """Size of a checkpoint file, or of a sharded checkpoint's folder."""
+    if not path or not Path(path).exists():
+        return None
+    files = [Path(path)] if Path(path).is_file() else [p for p in Path(path).rglob("*") if p.is_file()]
+    return sum(file.stat().st_size for file in files) / 2**20
 
 
 def fmt(value, digits: int = 4) -> str:
