@@ -1,5 +1,5 @@
 """`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
-slurm, consolidate, compare, sweep.
+slurm, consolidate, compare, sweep, lr-find, batch-size-find.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -19,7 +19,9 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -303,6 +305,60 @@ def sweep_command(argv: list[str]) -> None:
         raise UserError(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
 
 
+def tuning_cli(argv: list[str]) -> DataCLI:
+    """A fit configuration instantiated for Lightning's Tuner: its trial steps leave no checkpoints, run record or
+    best-weight selection in the run dir."""
+    cli = DataCLI(args=["fit", *argv])
+    keep = [c for c in cli.trainer.callbacks if not isinstance(c, ModelCheckpoint | RunRecord | RestoreBestWeights)]
+    cli.trainer.callbacks = keep
+    return cli
+
+
+def lr_find_command(argv: list[str]) -> None:
+    """lightning-ft lr-find --config X.yaml [fit flags] [--min_lr 1e-7] [--max_lr 1] [--num_training 100]
+
+    Lightning's learning-rate range test: `num_training` steps with the learning rate growing exponentially from
+    min_lr to max_lr; suggests the rate where the loss falls fastest and saves the curve to `<run dir>/lr_find.png`.
+    """
+    settings = {}
+    for name, default in (("--min_lr", "1e-7"), ("--max_lr", "1"), ("--num_training", "100")):
+        value, argv = pop_option(argv, name)
+        try:
+            settings[name[2:]] = (int if name == "--num_training" else float)(value or default)
+        except ValueError:
+            raise UserError(f"{name} {value}: not a number") from None
+    cli = tuning_cli(argv)
+    finder = Tuner(cli.trainer).lr_find(cli.model, datamodule=cli.datamodule, update_attr=False, **settings)
+    plot = Path(cli.trainer.default_root_dir) / "lr_find.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    finder.plot(suggest=True).savefig(plot)
+    suggestion = finder.suggestion()
+    if suggestion is None:
+        print(f"no suggestion: too few points with a finite loss; see {plot} or raise --num_training")
+    else:
+        print(f"suggested learning rate: {suggestion:.3g}  (--model.optim.lr {suggestion:.3g}); curve: {plot}")
+
+
+def batch_size_find_command(argv: list[str]) -> None:
+    """lightning-ft batch-size-find --config X.yaml [fit flags] [--max_trials 6] [--steps_per_trial 3]
+
+    Lightning's batch-size finder: tries --data.batch_size, then doubles it, until a step runs out of memory or
+    max_trials sizes have been tried, and reports the largest that fitted.
+    """
+    settings = {}
+    for name, default in (("--max_trials", "6"), ("--steps_per_trial", "3")):
+        value, argv = pop_option(argv, name)
+        if not (value or default).isdigit():
+            raise UserError(f"{name} {value}: not a whole number")
+        settings[name[2:]] = int(value or default)
+    cli = tuning_cli(argv)
+    start = cli.datamodule.batch_size
+    found = Tuner(cli.trainer).scale_batch_size(
+        cli.model, datamodule=cli.datamodule, mode="power", init_val=start, **settings
+    )
+    print(f"largest batch size that fitted: {found} (started at {start}; --data.batch_size {found})")
+
+
 def evaluation_command(module: str):
     """A command of lightning_ft.evaluation, imported only when run (lm-eval is slow to import)."""
     return lambda argv: importlib.import_module(f"lightning_ft.evaluation.{module}").main(argv)
@@ -318,6 +374,8 @@ COMMANDS = {
     "consolidate": consolidate.main,
     "compare": compare.main,
     "sweep": sweep_command,
+    "lr-find": lr_find_command,
+    "batch-size-find": batch_size_find_command,
 }
 
 

@@ -73,11 +73,15 @@ class RunRecord(Callback):
         self._write(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        if not self.record:
+            return  # not a training run (e.g. a tuner's trial)
         # Called while the checkpoint is being written; its path is known to the checkpoint callback already.
         self._update(trainer, gather=True)
         self._write(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.record:
+            return
         self._update(trainer, gather=True)
         self.record["status"] = "completed"
         self._write(trainer)
