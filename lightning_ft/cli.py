@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities import rank_zero_info
@@ -38,6 +38,7 @@ from lightning_ft.callbacks import (
     RunRecord,
     Throughput,
     newest_checkpoint,
+    progress_bar,
 )
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.report import print_report
@@ -120,6 +121,12 @@ class FineTuneCLI(LightningCLI):
             run_dir = Path(config.trainer.default_root_dir or ".")
             config.ckpt_path = resume_point(config.ckpt_path, run_dir)
             continue_wandb_run(config.trainer, run_dir)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        user_bars = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
+        if config.get("enable_progress_bar") is not False and not user_bars:
+            callbacks = [*callbacks, progress_bar()]  # a rich bar on a terminal, plain lines in a log file
+        return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

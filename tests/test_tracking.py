@@ -89,3 +89,12 @@ def test_secrets_never_reach_the_record():
         "hub_token": "<redacted>",
         "generation": {"max_new_tokens": 8, "pad_token": "<pad>", "password": "<redacted>"},
     }
+
+
+def test_without_a_terminal_progress_is_plain_lines_with_loss_lr_tokens_and_eta(cli, fit_args, capsys):
+    assert cli(fit_args("--trainer.max_steps", "10", "--trainer.enable_progress_bar", "true")) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    line = next(line for line in out.splitlines() if "step 10/10" in line)
+    for field in ("train_loss ", "lr ", "tok/s ", "ETA 0:00:00"):
+        assert field in line, line

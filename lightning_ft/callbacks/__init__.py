@@ -5,6 +5,7 @@ from lightning_ft.callbacks.checkpoint import Checkpoint, newest_checkpoint
 from lightning_ft.callbacks.classification import ClassificationMetrics
 from lightning_ft.callbacks.generation import GenerationMetrics
 from lightning_ft.callbacks.preemption import Preempted, Preemption
+from lightning_ft.callbacks.progress import LogLines, RichProgress, progress_bar
 from lightning_ft.callbacks.run_record import RunRecord
 from lightning_ft.callbacks.throughput import Throughput
 
@@ -12,10 +13,13 @@ __all__ = [
     "Checkpoint",
     "ClassificationMetrics",
     "GenerationMetrics",
+    "LogLines",
     "Preempted",
     "Preemption",
     "RestoreBestWeights",
+    "RichProgress",
     "RunRecord",
     "Throughput",
     "newest_checkpoint",
+    "progress_bar",
 ]

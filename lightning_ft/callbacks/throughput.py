@@ -44,6 +44,11 @@ class Throughput(ThroughputMonitor):
         self._local["tokens"] += batch_tokens(batch)
         self._local["samples"] += batch_samples(batch)
 
+    def local_tokens_per_s(self) -> float | None:
+        """This process's real tokens per second since training (re)started."""
+        seconds = time.perf_counter() - self._started if self._started else 0.0
+        return self._local["tokens"] / seconds if seconds > 0 else None
+
     def totals(self, trainer: Trainer) -> dict:
         """Run totals over every process. A collective: call it on all processes at the same point."""
         local = torch.tensor([self._local["tokens"], self._local["samples"]], dtype=torch.float64)
