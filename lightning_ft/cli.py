@@ -48,7 +48,7 @@ from lightning_ft.errors import UserError
 from lightning_ft.files import write_json_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
-from lightning_ft.tracking import compare, continue_wandb_run, finish_wandb_runs, sweep
+from lightning_ft.tracking import compare, finish_wandb_runs, prepare_loggers, sweep
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
@@ -120,7 +120,7 @@ class FineTuneCLI(LightningCLI):
         if self.subcommand == "fit":
             run_dir = Path(config.trainer.default_root_dir or ".")
             config.ckpt_path = resume_point(config.ckpt_path, run_dir)
-            continue_wandb_run(config.trainer, run_dir)
+            prepare_loggers(config.trainer, run_dir)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         user_bars = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]

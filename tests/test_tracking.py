@@ -11,8 +11,10 @@ import time
 
 import jsonschema
 import pytest
+from conftest import ROOT
 from lightning.pytorch import Callback
 
+from lightning_ft.tracking.compare import load_run
 from lightning_ft.tracking.record import SCHEMA, redact
 
 
@@ -98,3 +100,19 @@ def test_without_a_terminal_progress_is_plain_lines_with_loss_lr_tokens_and_eta(
     line = next(line for line in out.splitlines() if "step 10/10" in line)
     for field in ("train_loss ", "lr ", "tok/s ", "ETA 0:00:00"):
         assert field in line, line
+
+
+def test_logging_presets_write_into_the_run_dir_and_wandb_goes_offline_without_a_key(
+    cli, fit_args, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no W&B key configured
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("wandb", "tensorboard", "csv"):  # after fit_args' `--trainer.logger false`, so the preset's logger wins
+        preset = ["--config", str(ROOT / f"configs/logging/{name}.yaml"), "--trainer.log_every_n_steps", "1"]
+        assert cli(fit_args(*preset, "--trainer.max_steps", "4", run_dir=tmp_path / name)) == 0
+    assert list((tmp_path / "wandb/wandb").glob("offline-run-*")) and (tmp_path / "wandb/wandb_run_id").is_file()
+    curves = load_run(tmp_path / "tensorboard").curves  # compare reads TensorBoard's event files
+    assert [step for step, _ in curves["train_loss"]] == [0, 1, 2, 3]
+    assert list((tmp_path / "csv").glob("lightning_logs/version_0/metrics.csv"))

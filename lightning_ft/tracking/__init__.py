@@ -1,5 +1,5 @@
-"""Run records and the experiment trackers' view of a run."""
+"""Run records, loggers fitted to a run dir, comparing runs, sweeps."""
 
-from lightning_ft.tracking.wandb_run import continue_wandb_run, finish_wandb_runs
+from lightning_ft.tracking.loggers import finish_wandb_runs, prepare_loggers
 
-__all__ = ["continue_wandb_run", "finish_wandb_runs"]
+__all__ = ["finish_wandb_runs", "prepare_loggers"]

@@ -3,7 +3,7 @@
 A table of what differs between the runs (config keys whose values differ, method, trainable %, metrics, tokens/s,
 peak memory, status), best first by the chosen metric; loss curves overlaid and final metrics as bars (PNG,
 matplotlib); an HTML or Markdown report embedding both. Runs are read from their run dirs: `run.json` and the
-CSV logger's `metrics.csv`, or a W&B offline run dir (through `wandb leet inspect`, since wandb writes no summary
+CSV logger's `metrics.csv` or TensorBoard's event files, or a W&B offline run dir (through `wandb leet inspect`, since wandb writes no summary
 file offline). A dir without a record, or a failed or unfinished run, is a row that says so, never a crash.
 """
 
@@ -75,9 +75,12 @@ def load_run(path: Path) -> Run:
     record = read_record(path)
     run = Run(name=path.name, path=path, record=record)
     csv_files = sorted(path.glob("**/metrics.csv"))
+    event_files = sorted(path.glob("**/events.out.tfevents.*"))
     wandb_dirs = sorted(p.parent for p in path.glob("**/*.wandb"))
     if csv_files:
         run.curves = read_csv_curves(csv_files)
+    elif event_files:
+        run.curves = read_tensorboard_curves(sorted({file.parent for file in event_files}))
     elif wandb_dirs:
         run.curves, summary = read_wandb_offline(wandb_dirs[-1])
         if record is None and summary:
@@ -97,6 +100,20 @@ def read_csv_curves(files: list[Path]) -> dict[str, list[tuple[int, float]]]:
                 for name, value in row.items():
                     if name not in ("step", "epoch") and value not in ("", None):
                         curves.setdefault(name, {})[int(float(step))] = float(value)
+    return {name: sorted(points.items()) for name, points in curves.items()}
+
+
+def read_tensorboard_curves(folders: list[Path]) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of TensorBoard event files by step (tensorboard's own reader); folders of a resumed run joined."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, dict[int, float]] = {}
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            if tag != "epoch":
+                curves.setdefault(tag, {}).update({event.step: event.value for event in events.Scalars(tag)})
     return {name: sorted(points.items()) for name, points in curves.items()}
 
 
