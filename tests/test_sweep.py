@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from lightning_ft.errors import UserError
 from lightning_ft.tracking.sweep import trials
@@ -52,3 +53,12 @@ def test_a_bad_key_fails_before_anything_trains(cli, fit_args, tmp_path, capsys)
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: sweep lrr=1:") and "lrr" in error[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_slurm_sweep_writes_one_job_per_combination(cli, fit_args, tmp_path, capsys):
+    args = fit_args("--trainer.devices", "auto")[1:]
+    assert cli(["sweep", *args, "--grid", "model.optim.lr=[1e-4, 1e-3]", "--slurm", "--dry-run"]) == 0
+    scripts = sorted(tmp_path.glob("run/*/slurm/*/job.sbatch"))
+    assert [script.parts[-4] for script in scripts] == ["lr=1e-3", "lr=1e-4"]
+    frozen = [yaml.safe_load((script.parent / "config.yaml").read_text()) for script in scripts]
+    assert [config["model"]["optim"]["lr"] for config in frozen] == [1e-3, 1e-4]

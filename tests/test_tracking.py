@@ -109,10 +109,38 @@ def test_logging_presets_write_into_the_run_dir_and_wandb_goes_offline_without_a
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no W&B key configured
     monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("wandb", "tensorboard", "csv"):  # after fit_args' `--trainer.logger false`, so the preset's logger wins
+    for name in (
+        "wandb",
+        "tensorboard",
+        "csv",
+    ):  # after fit_args' `--trainer.logger false`, so the preset's logger wins
         preset = ["--config", str(ROOT / f"configs/logging/{name}.yaml"), "--trainer.log_every_n_steps", "1"]
         assert cli(fit_args(*preset, "--trainer.max_steps", "4", run_dir=tmp_path / name)) == 0
     assert list((tmp_path / "wandb/wandb").glob("offline-run-*")) and (tmp_path / "wandb/wandb_run_id").is_file()
     curves = load_run(tmp_path / "tensorboard").curves  # compare reads TensorBoard's event files
     assert [step for step, _ in curves["train_loss"]] == [0, 1, 2, 3]
     assert list((tmp_path / "csv").glob("lightning_logs/version_0/metrics.csv"))
+
+
+def test_the_saved_config_reproduces_the_run(cli, fit_args, tmp_path):
+    assert cli(fit_args()) == 0
+    again = [
+        "fit",
+        "--config",
+        str(tmp_path / "run/config.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "again"),
+    ]
+    assert cli(again) == 0
+    first, second = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("run", "again"))
+    assert second["metrics"]["final"]["train_loss"] == first["metrics"]["final"]["train_loss"]
+
+
+def test_tokens_seen_carry_over_a_resume(cli, fit_args, tmp_path):
+    assert cli(fit_args("--trainer.max_steps", "8", run_dir=tmp_path / "alone")) == 0
+    assert cli(fit_args("--trainer.max_steps", "4", run_dir=tmp_path / "resumed")) == 0
+    assert cli(fit_args("--trainer.max_steps", "8", "--ckpt_path", "last", run_dir=tmp_path / "resumed")) == 0
+    alone, resumed = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("alone", "resumed"))
+    assert resumed["starts"] == 2 and resumed["started_at"] <= alone["started_at"]
+    for key in ("tokens", "samples"):
+        assert resumed["throughput"][key] == alone["throughput"][key] > 0

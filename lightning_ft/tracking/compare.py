@@ -1,10 +1,11 @@
-"""`lightning-ft compare RUN_DIR_OR_GLOB... [--metric val_loss] [--output report.html|report.md]`: runs side by side.
+"""`lightning-ft compare RUN_DIR_OR_GLOB... [--wandb ENTITY/PROJECT] [--metric val_loss] [--output report.html|.md]`.
 
 A table of what differs between the runs (config keys whose values differ, method, trainable %, metrics, tokens/s,
 peak memory, status), best first by the chosen metric; loss curves overlaid and final metrics as bars (PNG,
 matplotlib); an HTML or Markdown report embedding both. Runs are read from their run dirs: `run.json` and the
-CSV logger's `metrics.csv` or TensorBoard's event files, or a W&B offline run dir (through `wandb leet inspect`, since wandb writes no summary
-file offline). A dir without a record, or a failed or unfinished run, is a row that says so, never a crash.
+CSV logger's `metrics.csv` or TensorBoard's event files, or a W&B offline run dir (through `wandb leet inspect`,
+since wandb writes no summary file offline), or with --wandb from the W&B API. A dir without a record, or a failed
+or unfinished run, is a row that says so, never a crash.
 """
 
 from __future__ import annotations
@@ -266,9 +267,31 @@ def write_report(path: Path, columns: list[str], table: list[list[str]], images:
     )
 
 
+def load_wandb_project(path: str) -> list[Run]:
+    """The runs of a W&B project (ENTITY/PROJECT) through the W&B API: needs network access and a key."""
+    import wandb
+
+    try:
+        api_runs = list(wandb.Api(timeout=30).runs(path))
+    except Exception as err:  # noqa: BLE001 - network, authentication or a wrong path: one line either way
+        raise UserError(f"--wandb {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    runs = []
+    for api_run in api_runs:
+        summary = {k: v for k, v in api_run.summary.items() if isinstance(v, int | float)}
+        record = {"status": api_run.state, "config": dict(api_run.config), "metrics": {"best": {}, "final": summary}}
+        history = api_run.history(keys=["trainer/global_step", "train_loss", "val_loss"], pandas=False)
+        curves = {
+            name: [(int(row["trainer/global_step"]), float(row[name])) for row in history if row.get(name) is not None]
+            for name in ("train_loss", "val_loss")
+        }
+        runs.append(Run(name=api_run.name, path=Path(api_run.id), record=record, curves=curves))
+    return runs
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="lightning-ft compare", exit_on_error=False)
-    parser.add_argument("runs", nargs="+", help="run dirs or globs (runs/*)")
+    parser.add_argument("runs", nargs="*", help="run dirs or globs (runs/*)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also the runs of this W&B project (network)")
     parser.add_argument("--metric", default="val_loss", help="sort by this metric (loss-like: lower is better)")
     parser.add_argument("--output", help="report.html or report.md; the PNGs are written beside it")
     try:
@@ -278,7 +301,10 @@ def main(argv: list[str]) -> None:
     output = Path(args.output) if args.output else None
     if output and output.suffix not in (".html", ".md"):
         raise UserError(f"--output {output}: a .html or .md file")
-    runs = sort_runs([load_run(path) for path in find_runs(args.runs)], args.metric)
+    if not args.runs and not args.wandb:
+        raise UserError("compare: give run dirs (or globs), or --wandb ENTITY/PROJECT")
+    loaded = [load_run(path) for path in find_runs(args.runs)] if args.runs else []
+    runs = sort_runs(loaded + (load_wandb_project(args.wandb) if args.wandb else []), args.metric)
     columns, table = rows(runs, args.metric)
     if all(run.metric(args.metric) is None for run in runs):
         print(f"no run has the metric {args.metric!r}", file=sys.stderr)
