@@ -28,7 +28,8 @@ LABELS = ["neg", "pos"]
 def run_in_processes(*args) -> None:
     """Run `python ARGS...` (a tests/scripts file or `-m lightning_ft ...`): Lightning's DDP launcher needs a
     script it can start again once per process, so multi-process tests leave pytest's process."""
-    subprocess.run([sys.executable, *map(str, args)], check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-3000:]}"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

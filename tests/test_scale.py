@@ -52,15 +52,14 @@ def test_one_step_is_the_same_however_the_global_batch_is_split(tiny_model, tmp_
             torch.testing.assert_close(grads[name], value, atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize(
-    "strategy,method",
-    [("ddp", "LoRA"), ("ddp", "Full"), ("fsdp2", "LoRA"), ("fsdp2", "Full"), ("fsdp2-sharded", "LoRA")],
-)
-def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strategy, method):
-    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps.
+# FSDP2 saves one file or a folder of shards (torch.distributed.checkpoint): the LoRA run resumes from one file and
+# ends with shards (then consolidated), the full one the other way round, so each save mode is resumed from once.
+SHARDED = {("fsdp2", "LoRA"): (False, True), ("fsdp2", "Full"): (True, False)}
 
-    fsdp2-sharded saves and resumes from torch.distributed.checkpoint folders, then consolidates the last one.
-    """
+
+@pytest.mark.parametrize("strategy,method", [("ddp", "LoRA"), ("ddp", "Full"), ("fsdp2", "LoRA"), ("fsdp2", "Full")])
+def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strategy, method):
+    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps."""
     # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
     common = [
         "--model.method",
@@ -78,14 +77,14 @@ def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strateg
     assert cli(fit_args(*common, "--data.batch_size", "4", run_dir=alone)) == 0
 
     shared = tmp_path / strategy
-    preset = ["--config", str(ROOT / f"configs/strategy/{strategy.removesuffix('-sharded')}.yaml")]
-    if strategy.endswith("-sharded"):
-        preset += ["--trainer.strategy.init_args.save_distributed_checkpoint", "true"]
-    for extra in (["--trainer.max_steps", "4"], ["--ckpt_path", "last"]):  # stop after 4, then resume to 8
+    preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
+    halves = (["--trainer.max_steps", "4"], ["--ckpt_path", "last"])  # stop after 4, then resume to 8
+    for extra, sharded in zip(halves, SHARDED.get((strategy, method), (False, False)), strict=True):
+        extra += ["--trainer.strategy.init_args.save_distributed_checkpoint", "true"] if sharded else []
         args = fit_args(*common, "--trainer.devices", "2", "--data.batch_size", "2", *extra, run_dir=shared)
         run_in_processes("-m", "lightning_ft", "fit", *preset, *args[1:])
     last = shared / "checkpoints/last.ckpt"
-    if strategy.endswith("-sharded"):
+    if last.is_dir():
         assert (last / ".metadata").is_file()
         assert cli(["consolidate", str(last), str(tmp_path / "consolidated.ckpt")]) == 0
         last = tmp_path / "consolidated.ckpt"

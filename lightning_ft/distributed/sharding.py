@@ -7,6 +7,7 @@ code shards any architecture without a per-model list.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -60,6 +61,17 @@ class FSDP2Strategy(ModelParallelStrategy):
         full = not self._save_distributed_checkpoint
         options = StateDictOptions(full_state_dict=full, cpu_offload=True, ignore_frozen_params=True)
         return get_model_state_dict(self.model, options=options)
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        # Switching save mode at a path (a one-file last.ckpt where shards were, or the reverse): Lightning removes
+        # the old one on every process at once, and all but one fail with FileNotFoundError. Remove it once here.
+        path = Path(self.broadcast(filepath))
+        other_mode = path.exists() and path.is_dir() != self._save_distributed_checkpoint
+        if self.broadcast(other_mode):  # process 0 decides: the others may look after it removed the file
+            if self.global_rank == 0:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            self.barrier("remove the checkpoint of the other save mode")
+        super().save_checkpoint(checkpoint, filepath, storage_options)
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_load, _is_sharded_checkpoint
