@@ -29,9 +29,14 @@ class Checkpoint(ModelCheckpoint):
             self._refresh_last(trainer)
 
     def _refresh_last(self, trainer: Trainer) -> None:
-        # Skipped when the parent already saved in this step (then last.ckpt is fresh) or must not save at all.
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        refresh_last(self, trainer)
+
+
+def refresh_last(callback: ModelCheckpoint, trainer: Trainer) -> None:
+    """Write the callback's last.ckpt for the current step, through the callback (which records it). Skipped when
+    it already saved in this step (then last.ckpt is fresh) or must not save at all."""
+    if callback.save_last and not callback._should_skip_saving_checkpoint(trainer):
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
 def checkpoint_step(path: Path) -> int | None:

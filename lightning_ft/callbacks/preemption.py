@@ -12,6 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_ft.callbacks.checkpoint import refresh_last
+
 
 class Preempted(Exception):
     """Training stopped on the preemption signal after saving `checkpoint`; `requeued` names the SLURM job if any."""
@@ -82,8 +84,7 @@ def save_now(trainer: Trainer) -> str:
     which records it, so the resumed run keeps writing last.ckpt rather than last-v1.ckpt)."""
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.dirpath and callback.save_last:
-        if callback._last_global_step_saved != trainer.global_step or not callback.last_model_path:
-            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        refresh_last(callback, trainer)
         return callback.last_model_path
     path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)  # Lightning's name on SLURM
     trainer.save_checkpoint(path)

@@ -209,12 +209,18 @@ def sort_runs(runs: list[Run], metric: str) -> list[Run]:
 # ------------------------------------------------------------------------------------------------ plots, report
 
 
-def plot_curves(runs: list[Run], path: Path) -> Path:
+def pyplot():
+    """matplotlib's pyplot drawing to files only (no display on a cluster), imported when a report is asked for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(runs: list[Run], path: Path) -> Path:
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, name in zip(axes, ("train_loss", "val_loss"), strict=True):
         for run in runs:
@@ -231,11 +237,7 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
 
 
 def plot_metric_bars(runs: list[Run], metric: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     named = [(run.name, run.metric(metric)) for run in runs if run.metric(metric) is not None]
     figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(named) + 2), 4))
     axis.bar([name for name, _ in named], [value for _, value in named], color="tab:blue")
