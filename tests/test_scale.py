@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,23 +27,32 @@ def varied_rows(n: int) -> list[dict]:
     return [{"instruction": "Say words.", "output": " ".join(rng.choices(WORDS, k=1 + i % 12))} for i in range(n)]
 
 
+STEP_GRADIENTS = ROOT / "tests/scripts/step_gradients.py"
+
+
+def load_script(path: Path):
+    """A tests/scripts file as a module, without running its `__main__` part."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def step_gradients(tiny_model, train, tmp_path, batch_size: int, accumulate: int, devices: int) -> dict:
+    """One process steps in pytest's process; more leave it, since Lightning's DDP launcher re-runs a script."""
     out = tmp_path / f"grads_{batch_size}_{accumulate}_{devices}.pt"
-    run_in_processes(
-        ROOT / "tests/scripts/step_gradients.py",
-        tiny_model,
-        train,
-        batch_size,
-        accumulate,
-        devices,
-        out,
-        tmp_path / "cache",
-    )
+    args = (tiny_model, train, batch_size, accumulate, devices, out, tmp_path / "cache")
+    if devices == 1:
+        load_script(STEP_GRADIENTS).step_gradients(*args)
+    else:
+        run_in_processes(STEP_GRADIENTS, *args)
     return torch.load(out)
 
 
-def test_one_step_is_the_same_however_the_global_batch_is_split(tiny_model, tmp_path):
+def test_one_step_is_the_same_however_the_global_batch_is_split(tiny_model, tmp_path, monkeypatch):
     """1 x 4; 1 x 1 x accumulate 4; 2 DDP x 2; 2 DDP x 1 x accumulate 2: the same gradients."""
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # seed_everything sets them in this process: restore after
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
     train = write_jsonl(tmp_path / "train.jsonl", varied_rows(16))
     reference = step_gradients(tiny_model, train, tmp_path, 4, 1, 1)
     assert reference
@@ -54,11 +65,20 @@ def test_one_step_is_the_same_however_the_global_batch_is_split(tiny_model, tmp_
 
 # FSDP2 saves one file or a folder of shards (torch.distributed.checkpoint): the LoRA run resumes from one file and
 # ends with shards (then consolidated), the full one the other way round, so each save mode is resumed from once.
+# DDP is checked with LoRA only: test_preemption's two-process run saves and resumes a DDP full fine-tune.
 SHARDED = {("fsdp2", "LoRA"): (False, True), ("fsdp2", "Full"): (True, False)}
 
 
-@pytest.mark.parametrize("strategy,method", [("ddp", "LoRA"), ("ddp", "Full"), ("fsdp2", "LoRA"), ("fsdp2", "Full")])
-def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strategy, method):
+@pytest.fixture(scope="module")
+def alone_runs() -> dict[str, Path]:
+    """One-process reference runs, by method: they use no strategy, so the DDP and FSDP2 cases share them."""
+    return {}
+
+
+@pytest.mark.parametrize("strategy,method", [("ddp", "LoRA"), ("fsdp2", "LoRA"), ("fsdp2", "Full")])
+def test_two_processes_fit_save_resume_like_one(
+    cli, fit_args, tmp_path, tmp_path_factory, alone_runs, strategy, method
+):
     """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps."""
     # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
     common = [
@@ -70,11 +90,16 @@ def test_two_processes_fit_save_resume_like_one(cli, fit_args, tmp_path, strateg
         "0",
         "--model.optim.scheduler",
         "constant",
+        "--data.batching",
+        "pad",  # 32 examples, 4 a step: the resume at step 4 is mid-epoch
     ]
     if method == "LoRA":
         common += ["--model.method.dropout", "0.0"]  # dropout masks would differ with the number of processes
-    alone = tmp_path / "alone"
-    assert cli(fit_args(*common, "--data.batch_size", "4", run_dir=alone)) == 0
+    if method not in alone_runs:
+        run_dir = tmp_path_factory.mktemp(f"alone-{method}")
+        assert cli(fit_args(*common, "--data.batch_size", "4", run_dir=run_dir)) == 0
+        alone_runs[method] = run_dir
+    alone = alone_runs[method]
 
     shared = tmp_path / strategy
     preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
