@@ -4,21 +4,95 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+PARTIAL_SUFFIX = ".partial"  # what a write in progress is called; a crash can leave one behind
 
 
-def write_json_atomically(path: Path, data) -> None:
-    """Temp file in the same folder, fsynced, then renamed: readers see the old file or the whole new one."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file next to `path`; on success fsync it, rename it to `path` and fsync the folder.
+
+    Readers (and a resume after a kill or a power loss) see the old file or the whole new one, never a torn one:
+    the rename is atomic, and fsync before it keeps the rename from reaching the disk ahead of the data. The temp
+    file is hidden (`.NAME.XXXX.partial`), so nothing that globs `*.ckpt` or `*.json` picks it up; it is removed
+    when the write fails, and only a kill can leave it (see `remove_partial_files`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        commit(Path(temporary), path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def partial_path(path: Path) -> Path:
+    """Where to write `path` before `commit`, for writers that take a file name rather than a file."""
+    return path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+def commit(temporary: Path, path: Path) -> None:
+    """Put a fully written temp file in place: fsync its data, rename it over `path`, fsync the folder."""
+    fsync_path(temporary)
+    os.replace(temporary, path)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data to disk; on a folder, its entries (POSIX: a rename is durable once its folder is)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_json_atomically(path: Path, data) -> None:
+    with atomic_file(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def write_atomically(path: Path, write: Callable[[IO], object], mode: str = "wb") -> None:
+    """`write(f)` into a temp file that becomes `path` only once it is complete and on disk."""
+    with atomic_file(path, mode) as f:
+        write(f)
+
+
+def replace_folder(staging: Path, path: Path) -> None:
+    """Put a fully written folder in place of `path` (a file or a folder): fsync its files, then rename. A folder
+    cannot be renamed over another, so the old one moves aside first; a crash between the two renames leaves no
+    `path` at all (a resume falls back to an older checkpoint), never a torn one."""
+    for file in staging.rglob("*"):
+        if file.is_file():
+            fsync_path(file)
+    aside = path.with_name(f".{path.name}.old{PARTIAL_SUFFIX}")
+    remove_path(aside)
+    if path.exists():
+        os.replace(path, aside)
+    os.replace(staging, path)
+    fsync_path(path.parent)
+    remove_path(aside)
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete what writes cut short by a kill left (files, or folders of shards, as large as checkpoints)."""
+    leftovers = sorted(Path(folder).glob(f".*{PARTIAL_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in leftovers:
+        remove_path(path)
+    return leftovers

@@ -41,6 +41,13 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
     except OSError as err:  # missing files, unreachable hub, offline mode
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load '{name_or_path}': {first_line}") from err
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise UserError(
+            f"'{name_or_path}' needs its own Python code to load; it runs only with --model.trust_remote_code true "
+            "(only for a source you trust)"
+        ) from err
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

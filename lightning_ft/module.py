@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_ft.checkpoints import check_checkpoint
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.distributed import shard_transformer_blocks
 from lightning_ft.errors import UserError
@@ -60,6 +63,13 @@ class FineTuneModule(LightningModule):
         self._last_batch_tokens = 0
         self.parameter_counts: tuple[int, int] | None = None  # (trainable, total), counted when fitting starts
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> FineTuneModule:
+        """Lightning's, always reading tensors and plain data only (see checkpoints.py; `weights_only` is not
+        negotiable); a missing, torn or unsafe file is one clear error."""
+        check_checkpoint(Path(checkpoint_path))
+        return super().load_from_checkpoint(checkpoint_path, *args, **{**kwargs, "weights_only": True})
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -177,21 +187,36 @@ class FineTuneModule(LightningModule):
         return {f"model.{name}" for name in self.method.trainable_state_dict(self.model)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only what the method trains (PEFT checkpoints stay small) and the RNG states for exact resume."""
+        """Keep only what the method trains (PEFT checkpoints stay small); hyperparameters as plain data (read back
+        with weights_only=True, see checkpoints.py); what the base model was; every process's RNG states."""
         keep = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["lightning_ft"] = {"method": repr(self.method), "rng_states": rng_states()}
+        checkpoint["hyper_parameters"] = plain_hyperparameters(checkpoint.get("hyper_parameters", {}))
+        checkpoint["lightning_ft"] = {
+            "method": repr(self.method),
+            "base": base_fingerprint(self.model),
+            "rng_states": gather_rng_states(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.resumed_rng_states = checkpoint.get("lightning_ft", {}).get("rng_states")
+        saved = checkpoint.get("lightning_ft", {})
+        states = saved.get("rng_states")
+        if isinstance(states, list):  # one per process; a run resumed on fewer or more processes takes what there is
+            states = states[self.global_rank % len(states)]
+        self.resumed_rng_states = states
+        base, here = saved.get("base"), base_fingerprint(self.model)
+        if base and base != here:
+            differences = ", ".join(
+                f"{k} {base.get(k)} there, {here.get(k)} here" for k in here if base.get(k) != here[k]
+            )
+            raise UserError(f"the checkpoint was trained on another base model ({differences})")
         if "state_dict" not in checkpoint:
             return  # a sharded checkpoint (FSDP2): the strategy has already loaded the weights in place
         missing = sorted(self._trainable_keys() - checkpoint["state_dict"].keys())
         if missing:
-            saved = checkpoint.get("lightning_ft", {}).get("method", "an unknown method")
             raise UserError(
-                f"checkpoint (trained with {saved}) lacks {len(missing)} weights this run trains "
-                f"with {self.method!r}, e.g. {missing[0]}"
+                f"checkpoint (trained with {saved.get('method', 'an unknown method')}) lacks {len(missing)} weights "
+                f"this run trains with {self.method!r}, e.g. {missing[0]}"
             )
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -200,7 +225,15 @@ class FineTuneModule(LightningModule):
         Strict about what matters (a trained weight missing, or a key this model does not have) and silent about
         the frozen base weights an adapter checkpoint leaves out (4-bit ones could not be reloaded anyway).
         """
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        try:
+            result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        except RuntimeError as err:  # torch lists every mismatch on lines of its own: the first one says enough
+            mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), None)
+            if mismatch is None:
+                raise
+            raise UserError(
+                f"weights do not fit this model: {mismatch} (another method setting, e.g. the LoRA rank?)"
+            ) from None
         missing = sorted(set(result.missing_keys) & self._trainable_keys())
         if strict and (missing or result.unexpected_keys):
             raise UserError(
@@ -227,8 +260,39 @@ def rng_states() -> dict:
     return states
 
 
+def gather_rng_states() -> list[dict]:
+    """Every process's RNG states, by rank: each draws its own dropout masks. Checkpoints are saved by all processes
+    together (Lightning's rule), so the gather cannot hang."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [rng_states()]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, rng_states())
+    return gathered
+
+
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def plain_hyperparameters(hparams) -> dict:
+    """Hyperparameters with settings objects (a Method, Optim) as the class_path / init_args data LightningCLI
+    writes, so `load_from_checkpoint` rebuilds them (through LightningCLI's instantiator) from a weights-only read."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value) and isinstance(value, Method):
+            cls = type(value)
+            return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dataclasses.asdict(value)}
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    plain_values = {key: plain(value) for key, value in dict(hparams).items()}
+    return {"_instantiator": "lightning.pytorch.cli.instantiate_module", **plain_values}
+
+
+def base_fingerprint(model: nn.Module) -> dict:
+    """What makes two base models' weights interchangeable, from the Hugging Face config (paths may move)."""
+    config = getattr(model, "config", None)
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    return {key: getattr(config, key, None) for key in keys}

@@ -87,40 +87,6 @@ def test_lora_checkpoint_holds_only_the_adapter(cli, fit_args, tmp_path, tiny_mo
     assert repr(restored.method).startswith("LoRA(r=4")
 
 
-def test_resume_equals_uninterrupted_run(cli, fit_args, tmp_path):
-    """8 steps straight vs 4 steps, stop, resume to 8: same weights, optimizer state and scheduler.
-
-    Dropout is on (RNG state must be restored), the data is shuffled (order must continue), and the resume
-    point falls inside the warmup (scheduler state must be restored). A constant schedule after warmup keeps
-    the two runs' schedules equal although their max_steps differ.
-    """
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    method = (
-        "--model.method",
-        "LoRA",
-        "--model.method.dropout",
-        "0.1",
-        "--data.batch_size",
-        "8",
-        "--model.optim.scheduler",
-        "constant",
-        "--model.optim.warmup_steps",
-        "6",
-    )
-    assert cli(fit_args(*method, "--trainer.max_steps", "8", run_dir=straight)) == 0
-    assert cli(fit_args(*method, "--trainer.max_steps", "4", run_dir=resumed)) == 0
-    assert cli(fit_args(*method, "--trainer.max_steps", "8", "--ckpt_path", "last", run_dir=resumed)) == 0
-
-    a, b = load_ckpt(straight), load_ckpt(resumed)
-    assert a["global_step"] == b["global_step"] == 8
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    assert a["lr_schedulers"] == b["lr_schedulers"]
-
-
 def test_qlora_resumes(cli, fit_args, tmp_path):
     run_dir = tmp_path / "qlora"
     method = ("--model.method", "QLoRA", "--model.method.compute_dtype", "float32")
@@ -129,14 +95,12 @@ def test_qlora_resumes(cli, fit_args, tmp_path):
     assert load_ckpt(run_dir)["global_step"] == 4
 
 
-def test_rerun_into_the_same_dir_refuses_then_resumes(cli, fit_args, tmp_path, capsys):
+def test_a_rerun_continues_from_the_newest_checkpoint_and_null_refuses(cli, fit_args, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert cli(fit_args("--model.method", "LoRA", run_dir=run_dir)) == 0
-    assert cli(fit_args("--model.method", "LoRA", run_dir=run_dir)) == 2
-    assert "resume with --ckpt_path last" in capsys.readouterr().err
-    assert (
-        cli(fit_args("--model.method", "LoRA", "--trainer.max_steps", "4", "--ckpt_path", "last", run_dir=run_dir)) == 0
-    )
+    assert cli(fit_args("--model.method", "LoRA", "--ckpt_path", "null", run_dir=run_dir)) == 2
+    assert f"--ckpt_path null starts afresh, but {run_dir} holds" in capsys.readouterr().err
+    assert cli(fit_args("--model.method", "LoRA", "--trainer.max_steps", "4", run_dir=run_dir)) == 0  # auto
     assert load_ckpt(run_dir)["global_step"] == 4
     assert (run_dir / "config.yaml").is_file()
 

@@ -178,14 +178,30 @@ def test_collate_pads_and_packed_rows_get_positions_not_masks():
     assert classes["labels"].tolist() == [1, 0]
 
 
-def test_order_depends_only_on_seed_and_pass():
+def take_pass(sampler: StepBatchSampler) -> list:
+    """What training does with a pass: take every batch (the DataModule counts them)."""
+    batches = []
+    for batch in sampler:
+        batches.append(batch)
+        sampler.taken += 1
+    return batches
+
+
+def test_the_batch_stream_depends_only_on_seed_and_batches_taken():
     terms = [1] * 50
     first, second = StepBatchSampler(terms, 5, seed=3), StepBatchSampler(terms, 5, seed=3)
-    a = [list(first), list(first)]
+    a = [take_pass(first), take_pass(first)]
     torch.rand(100)  # global RNG use must not matter
-    assert [list(second), list(second)] == a
+    assert [take_pass(second), take_pass(second)] == a
     assert a[0] != a[1] and sorted(i for batch in a[0] for i, _, _ in batch) == list(range(50))
-    assert list(StepBatchSampler(terms, 5, seed=3, passes=1)) == a[1]  # what a resumed run continues with
+    # A resume 3 batches into the second pass continues with its 4th batch, then the third pass.
+    resumed = StepBatchSampler(terms, 5, seed=3, taken=len(a[0]) + 3)
+    assert take_pass(resumed) == a[1][3:] and take_pass(resumed) == take_pass(first)
+    # Batches fetched ahead but never taken (loader prefetch) do not move the stream.
+    ahead = StepBatchSampler(terms, 5, seed=3)
+    fetching = iter(ahead)
+    next(fetching), next(fetching)
+    assert take_pass(ahead) == a[0]
 
 
 @pytest.mark.parametrize("batch_size,accumulate,world_size", [(4, 1, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2)])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from lightning_ft.callbacks import newest_checkpoint
+from lightning_ft.checkpoints import newest_checkpoint
 from lightning_ft.cli import PREEMPTED_EXIT_STATUS
 
 
@@ -37,24 +37,26 @@ def test_newest_valid_checkpoint_wins_over_a_stale_hpc_checkpoint(tmp_path):
     assert newest_checkpoint(tmp_path / "empty") is None
 
 
-def fit_until_signalled(args: list[str]) -> subprocess.CompletedProcess:
-    """Start `lightning-ft fit`, send SIGUSR1 to its first process once training runs, and wait for it to stop."""
+def fit_until_signalled(args: list[str], signum: signal.Signals) -> subprocess.CompletedProcess:
+    """Start `lightning-ft fit`, send `signum` to its first process once training runs, and wait for it to stop."""
     process = subprocess.Popen(
         [sys.executable, "-m", "lightning_ft", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     output = []
     for line in process.stdout:
         output.append(line)
-        if "SIGUSR1 checkpoints at the next optimizer step" in line:
-            os.kill(process.pid, signal.SIGUSR1)
+        if "checkpoints at the next optimizer step" in line:
+            os.kill(process.pid, signum)
             break
     output += process.stdout.readlines()
     return subprocess.CompletedProcess(args, process.wait(timeout=300), "".join(output))
 
 
-@pytest.mark.parametrize("devices", [1, 2])
-def test_sigusr1_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_path, devices):
-    """With 2 processes only the first is signalled: both must stop at the same step (or the other would hang)."""
+# SIGUSR1 on one process is the SIGTERM path plus a requeue, which test_slurm_cluster checks on a real cluster.
+@pytest.mark.parametrize("signum,devices", [(signal.SIGUSR1, 2), (signal.SIGTERM, 1)], ids=["SIGUSR1-2", "SIGTERM-1"])
+def test_a_signal_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_path, signum, devices):
+    """With 2 processes only the first is signalled: both must stop at the same step (or the other would hang).
+    Lightning's own SIGTERM handling would stop after the batch (inside accumulation), save nothing and exit 0."""
     args = fit_args(
         "--trainer.max_steps",
         "1000",
@@ -66,10 +68,11 @@ def test_sigusr1_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_p
         "2",
     )
     preset = ["--config", str(ROOT / "configs/strategy/ddp.yaml")] if devices > 1 else []
-    stopped = fit_until_signalled([args[0], *preset, *args[1:]])
+    stopped = fit_until_signalled([args[0], *preset, *args[1:]], signum)
     assert stopped.returncode == PREEMPTED_EXIT_STATUS, stopped.stdout[-3000:]
     last = tmp_path / "run/checkpoints/last.ckpt"
-    assert f"saved {last}; resume with --ckpt_path last" in stopped.stdout
+    assert f"stopped on {signum.name} at step " in stopped.stdout
+    assert f"saved {last}; rerun the same command to resume" in stopped.stdout
     saved = torch.load(last, weights_only=False)
     step = saved["global_step"]
     assert 0 < step < 1000
@@ -85,12 +88,13 @@ def test_sigusr1_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_p
     assert torch.load(last, weights_only=False)["global_step"] == step + 3
 
 
-def test_a_requeued_slurm_job_resumes_without_ckpt_path(cli, fit_args, tmp_path, monkeypatch, capsys):
+def test_a_requeued_slurm_job_resumes_even_when_its_command_starts_afresh(cli, fit_args, tmp_path, monkeypatch, capsys):
     assert cli(fit_args()) == 0
-    assert cli(fit_args("--trainer.max_steps", "4")) == 2  # a fresh run must not overwrite checkpoints
-    assert "already holds" in capsys.readouterr().err
+    fresh = fit_args("--trainer.max_steps", "4", "--ckpt_path", "null")
+    assert cli(fresh) == 2  # a fresh run must not overwrite checkpoints
+    assert "starts afresh, but" in capsys.readouterr().err
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert cli(fit_args("--trainer.max_steps", "4")) == 0
+    assert cli(fresh) == 0
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
 
 

@@ -127,11 +127,11 @@ def test_no_sbatch_on_path_is_refused_unless_dry_run(submit, capsys, monkeypatch
     assert "error: sbatch is not on PATH" in capsys.readouterr().err
 
 
-def test_a_run_dir_with_checkpoints_needs_ckpt_path(submit, capsys, tmp_path):
+def test_a_job_into_a_run_dir_with_checkpoints_resumes_unless_told_to_start_afresh(submit, capsys, tmp_path):
     (tmp_path / "run/checkpoints").mkdir(parents=True)
     torch.save({"global_step": 3}, tmp_path / "run/checkpoints/last.ckpt")
-    status, job = submit("--dry-run")
+    status, job = submit("--dry-run", fit=["--ckpt_path", "null"])
     assert status == 2 and job is None
-    assert "already holds" in capsys.readouterr().err
-    status, job = submit("--dry-run", fit=["--ckpt_path", "last"])
-    assert status == 0 and yaml.safe_load((job / "config.yaml").read_text())["ckpt_path"] == "last"
+    assert "--ckpt_path null starts afresh, but" in capsys.readouterr().err
+    status, job = submit("--dry-run")
+    assert status == 0 and yaml.safe_load((job / "config.yaml").read_text())["ckpt_path"] == "auto"

@@ -84,16 +84,14 @@ def test_usr1_checkpoints_requeues_and_the_job_resumes_to_exactly_max_steps(slur
     max_steps = 40
     no_validation = ["--trainer.limit_val_batches", "0"]
     job, folder = submit(slurm_env, fit_args, tmp_path / "run", "--trainer.max_steps", str(max_steps), *no_validation)
-    wait_for(
-        lambda: "SIGUSR1 checkpoints at the next optimizer step" in log_text(folder, job), 600, "training to start"
-    )
+    wait_for(lambda: "checkpoints at the next optimizer step" in log_text(folder, job), 600, "training to start")
     time.sleep(1)  # a few steps in
     subprocess.run(["scancel", "--signal=USR1", "--full", job], env=slurm_env, check=True)
 
     state = wait_for(lambda: (s := job_state(slurm_env, job)) in ("COMPLETED", "FAILED", "CANCELLED") and s, 900, "job")
     log = log_text(folder, job)
     assert state == "COMPLETED", log[-3000:]
-    preempted = re.search(r"preempted at step (\d+): saved (\S+); requeued SLURM job " + job, log)
+    preempted = re.search(r"stopped on SIGUSR1 at step (\d+): saved (\S+); requeued SLURM job " + job, log)
     assert preempted, log[-3000:]
     step = int(preempted.group(1))
     assert 0 < step < max_steps

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jsonschema
 import pytest
@@ -61,26 +56,6 @@ def test_a_run_that_raises_reads_failed_with_the_error(cli, fit_args, tmp_path):
     validate(record)
     assert record["status"] == "failed" and record["error"] == "RuntimeError: boom at step 2"
     assert record["progress"]["global_step"] == 2
-
-
-def test_a_run_killed_outright_reads_running_with_its_last_checkpoint(fit_args, tmp_path):
-    args = fit_args("--trainer.max_steps", "1000", "--trainer.max_epochs", "-1", "--data.batch_size", "16")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lightning_ft", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    path = tmp_path / "run/run.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        record = json.loads(path.read_text()) if path.exists() else {}
-        if record.get("checkpoints", {}).get("last"):
-            break
-        time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    record = json.loads(path.read_text())
-    validate(record)
-    assert record["status"] == "running" and record["progress"]["global_step"] > 0
-    assert os.path.exists(record["checkpoints"]["last"])
 
 
 def test_secrets_never_reach_the_record():

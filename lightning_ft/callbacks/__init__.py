@@ -1,9 +1,10 @@
 """Cross-cutting training features as Lightning callbacks."""
 
 from lightning_ft.callbacks.best import RestoreBestWeights
-from lightning_ft.callbacks.checkpoint import Checkpoint, newest_checkpoint
+from lightning_ft.callbacks.checkpoint import Checkpoint
 from lightning_ft.callbacks.classification import ClassificationMetrics
 from lightning_ft.callbacks.generation import GenerationMetrics
+from lightning_ft.callbacks.guard import NonFiniteLoss, StepGuard
 from lightning_ft.callbacks.preemption import Preempted, Preemption
 from lightning_ft.callbacks.progress import LogLines, RichProgress, progress_bar
 from lightning_ft.callbacks.run_record import RunRecord
@@ -14,12 +15,13 @@ __all__ = [
     "ClassificationMetrics",
     "GenerationMetrics",
     "LogLines",
+    "NonFiniteLoss",
     "Preempted",
     "Preemption",
     "RestoreBestWeights",
     "RichProgress",
     "RunRecord",
+    "StepGuard",
     "Throughput",
-    "newest_checkpoint",
     "progress_bar",
 ]

@@ -32,8 +32,8 @@ class RestoreBestWeights(Callback):
         restored = bool(self.enabled and best and checkpointing.monitor)
         if restored:
             # Through the strategy: sharded ones (FSDP2, DeepSpeed) load a folder of shards in place, the others
-            # return the weights to load. Written by this very run, so unpickling it is safe.
-            checkpoint = trainer.strategy.load_checkpoint(best, weights_only=False)
+            # return the weights to load.
+            checkpoint = trainer.strategy.load_checkpoint(best, weights_only=True)
             trainer.strategy.load_model_state_dict(checkpoint, strict=False)
             rank_zero_info(
                 f"restored the best weights ({checkpointing.monitor}={checkpointing.best_model_score:.4f}) from {best}"

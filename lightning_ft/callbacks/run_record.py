@@ -111,7 +111,11 @@ class RunRecord(Callback):
         record["metrics"]["final"] = {name: value for name, value in metrics.items() if math.isfinite(value)}
         callback = trainer.checkpoint_callback
         if isinstance(callback, ModelCheckpoint):
-            record["checkpoints"] = {"last": callback.last_model_path or None, "best": callback.best_model_path or None}
+            # During a save the new file is not in place yet: name only what exists (the previous last.ckpt does).
+            paths = {"last": callback.last_model_path, "best": callback.best_model_path}
+            record["checkpoints"] = {
+                name: path if path and Path(path).exists() else None for name, path in paths.items()
+            }
             if callback.monitor and callback.best_model_score is not None:
                 record["metrics"]["best"] = {callback.monitor: float(callback.best_model_score)}
 

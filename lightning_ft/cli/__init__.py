@@ -14,9 +14,9 @@ import warnings
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_ft.callbacks import Preempted
+from lightning_ft.callbacks.guard import is_out_of_memory
 from lightning_ft.cli.commands import (
     batch_size_find_command,
     cv_command,
@@ -64,13 +64,17 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[argv[0]](argv[1:])
         else:
             FineTuneCLI(args=argv)
-    except Preempted as stop:
-        if rank_zero_only.rank == 0:
-            print(stop, file=sys.stderr)
+    except Preempted:  # the callback has said where it saved
         return PREEMPTED_EXIT_STATUS
     except (UserError, ArgumentError, MisconfigurationException) as err:  # Lightning's own flag/config errors
         if debug:
             raise
-        print(f"error: {explain(err)}", file=sys.stderr)
+        print(f"error: {explain(err, argv)}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if debug or not is_out_of_memory(err):
+            raise
+        advice = (getattr(err, "__notes__", None) or [f"out of memory: {str(err).splitlines()[0]}"])[-1]
+        print(f"error: {advice}", file=sys.stderr)
+        return 1
     return 0

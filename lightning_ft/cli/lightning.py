@@ -11,6 +11,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ft.callbacks import (
@@ -20,13 +21,15 @@ from lightning_ft.callbacks import (
     Preemption,
     RestoreBestWeights,
     RunRecord,
+    StepGuard,
     Throughput,
-    newest_checkpoint,
     progress_bar,
 )
+from lightning_ft.checkpoints import SafeCheckpointIO, check_checkpoint, newest_checkpoint
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.distributed.presets import check_strategy, fill_data_parallel_size, fit_quant_storage
 from lightning_ft.errors import UserError
+from lightning_ft.files import remove_partial_files, write_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
 from lightning_ft.tracking import finish_wandb_runs, prepare_loggers
@@ -50,7 +53,7 @@ class SaveConfigToRunDir(SaveConfigCallback):
         run_dir.mkdir(parents=True, exist_ok=True)
         # Credentials never land in the run dir: a key given in a config comes back as "<redacted>".
         resolved = redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_atomically(run_dir / "config.yaml", lambda f: yaml.safe_dump(resolved, f, sort_keys=False), "w")
 
 
 class FineTuneCLI(LightningCLI):
@@ -75,6 +78,7 @@ class FineTuneCLI(LightningCLI):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(RestoreBestWeights, "restore_best")
         parser.add_lightning_class_args(GenerationMetrics, "generation")
+        parser.add_lightning_class_args(StepGuard, "guard")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_loss",  # dropped when there is no validation data
@@ -102,16 +106,34 @@ class FineTuneCLI(LightningCLI):
             config.checkpoint.monitor = None  # no validation: "best" is simply the latest checkpoint
         if self.subcommand == "fit":
             run_dir = Path(config.trainer.default_root_dir or ".")
-            config.ckpt_path = resume_point(config.ckpt_path, run_dir)
+            config.ckpt_path = resume_point(config.ckpt_path, run_dir, tidy=True)
             prepare_loggers(config.trainer, run_dir)
 
-    # The two overrides below are of LightningCLI's private steps: the only places where the progress bar can depend
-    # on `enable_progress_bar` (a bar among the default callbacks breaks `--trainer.enable_progress_bar false`), and
-    # where code runs after the subcommand whether it failed or not.
+    def _parse_ckpt_path(self) -> None:
+        """Lightning 2.6 loads a --ckpt_path file here (with a raw traceback when it is torn) and overwrites the
+        command's model settings with the checkpoint's hyperparameters, silently. Here the command says what the
+        run is, and a checkpoint that does not fit it is one clear error (FineTuneModule.on_load_checkpoint)."""
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":  # the only place where the fit method's arguments exist to take a default
+            parser.set_defaults(ckpt_path="auto")
+        return parser
+
+    # The overrides of LightningCLI's private steps: _prepare_subcommand_parser above, and below the only places
+    # where the progress bar can depend on `enable_progress_bar` (a bar among the default callbacks breaks
+    # `--trainer.enable_progress_bar false`) and the checkpoint reader on what the user configured, and where code
+    # runs after the subcommand whether it failed or not.
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         user_bars = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
         if config.get("enable_progress_bar") is not False and not user_bars:
             callbacks = [*callbacks, progress_bar()]  # a rich bar on a terminal, plain lines in a log file
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        strategy_io = getattr(config.get("strategy"), "_checkpoint_io", None)
+        if not strategy_io and not any(isinstance(p, CheckpointIO) for p in plugins):
+            # unless the user configured their own: atomic writes, weights-only reads (see checkpoints.py)
+            config = {**config, "plugins": [*plugins, SafeCheckpointIO()]}
         return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -131,21 +153,37 @@ class FineTuneCLI(LightningCLI):
             )
 
 
-def resume_point(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """What `fit` resumes from. `last` (and a requeued SLURM job) means the newest valid checkpoint in the run dir,
-    or none yet; a fresh run (no --ckpt_path) into a dir that holds checkpoints is refused, never overwritten."""
+def resume_point(ckpt_path: str | None, run_dir: Path, tidy: bool = False) -> str | None:
+    """What `fit` resumes from.
+
+    `auto` (the default; `last` means the same): the newest readable checkpoint in the run dir, or the start when
+    there is none, so rerunning a killed command continues it. A path: that checkpoint, checked now (a torn or
+    unsafe file is one error line, before a model loads). `null`: the start, refused when the run dir already
+    holds checkpoints (never overwritten). A requeued SLURM job always continues from the newest checkpoint.
+
+    `tidy` (the run about to train; not a SLURM submission, whose job may be writing there) removes the temp files
+    of saves a kill interrupted and sets unreadable checkpoints aside.
+    """
+    if tidy:
+        for leftover in remove_partial_files(run_dir / "checkpoints"):
+            rank_zero_info(f"removed {leftover}: a checkpoint write that a kill cut short")
     requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-    if ckpt_path not in (None, "last") or (ckpt_path is None and not requeued):
-        newest = None if ckpt_path else newest_checkpoint(run_dir)
+    if ckpt_path in ("auto", "last") or requeued:
+        newest = newest_checkpoint(run_dir, set_aside=tidy)
+        rank_zero_info(
+            f"resuming from {newest}" if newest else f"no checkpoint in {run_dir} yet: training from the start"
+        )
+        return str(newest) if newest else None
+    if ckpt_path is None:
+        newest = newest_checkpoint(run_dir, set_aside=tidy)
         if newest:
             raise UserError(
-                f"{run_dir} already holds {newest}: resume with --ckpt_path last, or choose another "
-                "--trainer.default_root_dir"
+                f"--ckpt_path null starts afresh, but {run_dir} holds {newest}: resume with --ckpt_path auto, or "
+                "choose another --trainer.default_root_dir"
             )
-        return ckpt_path
-    newest = newest_checkpoint(run_dir)
-    rank_zero_info(f"resuming from {newest}" if newest else f"no checkpoint in {run_dir} yet: training from the start")
-    return str(newest) if newest else None
+        return None
+    check_checkpoint(Path(ckpt_path))
+    return ckpt_path
 
 
 class DataCLI(FineTuneCLI):
@@ -168,11 +206,33 @@ class ConfigCLI(DataCLI):
         pass
 
 
-def explain(err: Exception) -> str:
-    """One line for the user; jsonargparse's multi-line union reports become the choices they had."""
+def explain(err: Exception, argv: list[str] = ()) -> str:
+    """One line for the user; jsonargparse's multi-line union reports become the choices they had, and an unknown
+    key is traced to the --config file that holds it."""
     message = " ".join(str(err).split())
     unknown = re.match(r'Parser key "model.method":.*Given value: (\S+)', message)
     if unknown:
         choices = ", ".join(cls.__name__ for cls in METHODS)
         return f"--model.method: unknown method '{unknown.group(1)}' (choose from {choices}, or a full class path)"
+    unexpected = re.search(r"does not accept option '([\w.]+)'", message)
+    if unexpected:
+        source = config_file_with_key(argv, unexpected.group(1))
+        return f"{source}: unknown key '{unexpected.group(1)}'" if source else message
     return message
+
+
+def config_file_with_key(argv: list[str], key: str) -> str | None:
+    """The last `--config FILE` in argv whose YAML sets the dotted `key` (the one that wins), if any."""
+    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    files += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    missing = object()
+    for path in reversed(files):
+        try:
+            node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            node = node.get(part, missing) if isinstance(node, dict) else missing
+        if node is not missing:
+            return path
+    return None

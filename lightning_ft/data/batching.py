@@ -14,19 +14,22 @@ import random
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from lightning_ft.constants import IGNORE_INDEX
 
 
 class StepBatchSampler(Sampler):
-    """One process's training batches; every index comes paired with the loss terms of its whole optimizer step.
+    """One process's training batches, as an endless stream of passes; every index comes paired with the loss terms
+    of its whole optimizer step.
 
-    The order of a pass depends only on (seed, passes made so far): torch's RandomSampler draws its seed from the
-    global RNG, so after a resume the order would depend on whatever else consumed randomness, and Lightning's
-    `set_epoch` counter is off by one after resuming from an end-of-epoch checkpoint (seen with 2.6); so the
-    sampler counts its passes and the DataModule saves the count in the checkpoint.
+    The stream is a function of (seed, batches taken): pass n is ordered by a generator seeded with seed + n, and
+    each iteration continues the stream from `taken`, the number of this process's batches that training has
+    consumed (counted by the DataModule as batches reach the model, not as the loader prefetches them). Saved in
+    the checkpoint, it makes a resumed run continue mid-pass with exactly the batches the uninterrupted run would
+    have seen next, whatever Lightning's epoch bookkeeping says (torch's RandomSampler draws its order from the
+    global RNG, and Lightning's epoch counter is off by one after some resumes: neither is used).
 
     The order is cut into batches; process r of W takes batches r, r + W, ...; each W x A consecutive batches
     (A = gradient accumulation) make one optimizer step. Every process knows
@@ -42,7 +45,7 @@ class StepBatchSampler(Sampler):
         terms: Sequence[int],
         batch_size: int,
         seed: int,
-        passes: int = 0,
+        taken: int = 0,
         accumulate: int = 1,
         world_size: int = 1,
         rank: int = 0,
@@ -51,30 +54,46 @@ class StepBatchSampler(Sampler):
         self.terms = list(terms)
         self.batch_size, self.accumulate, self.world_size, self.rank = batch_size, accumulate, world_size, rank
         self.seed = seed
-        self.passes = passes
+        self.taken = taken
         self.order = order or (lambda generator: torch.randperm(len(self.terms), generator=generator).tolist())
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.terms) / self.batch_size) / self.world_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.passes)
-        self.passes += 1
-        order = self.order(generator)
+        """The rest of the current pass (all of the next one at a pass boundary)."""
+        passes, skip = divmod(self.taken, len(self))
+        yield from self.pass_batches(passes)[skip:]
+
+    def pass_batches(self, number: int) -> list[list[tuple[int, int, bool]]]:
+        """This process's batches of pass `number`: items (index, the step's loss-term total, real)."""
+        order = self.order(torch.Generator().manual_seed(self.seed + number))
         batches = [[(i, True) for i in order[i : i + self.batch_size]] for i in range(0, len(order), self.batch_size)]
         padding = len(self) * self.world_size - len(batches)
         batches += [[(i, False) for i, _ in batch] for batch in batches[:padding]]
         per_step = self.world_size * self.accumulate
+        mine = []
         for start in range(0, len(batches), per_step):
             step = batches[start : start + per_step]
             total = sum(self.terms[i] for batch in step for i, real in batch if real)
-            for batch in step[self.rank :: self.world_size]:
-                yield [(i, total, real) for i, real in batch]
+            mine += [[(i, total, real) for i, real in batch] for batch in step[self.rank :: self.world_size]]
+        return mine
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a StepBatchSampler whose position Lightning saves in checkpoints and restores before
+    iterating (its `state_dict` protocol for stateful loaders): a resumed run continues mid-pass."""
+
+    def state_dict(self) -> dict:
+        return {"batches_taken": self.batch_sampler.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.taken = state["batches_taken"]
 
 
 class WithStepTerms(Dataset):
-    """Items fetched as (index, step terms, real), returned with the step's loss-term total attached; padding
-    items (not real) keep their tokens but lose every label."""
+    """Items fetched as (index, step terms, real), returned with the step's loss-term total and the ids of the
+    examples in them (training-set indices; none for padding copies, which keep their tokens but lose every label)."""
 
     def __init__(self, data) -> None:
         self.data = data
@@ -85,10 +104,11 @@ class WithStepTerms(Dataset):
     def __getitem__(self, item: tuple[int, int, bool]) -> dict:
         index, step_terms, real = item
         example = self.data[index]
+        ids = self.data.rows[index] if isinstance(self.data, PackedDataset) else [index]
         if not real:
             labels = example["labels"]
             example = {**example, "labels": [IGNORE_INDEX] * len(labels) if isinstance(labels, list) else IGNORE_INDEX}
-        return {**example, "step_terms": step_terms}
+        return {**example, "step_terms": step_terms, "example_ids": ids if real else []}
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int) -> Callable[[torch.Generator], list[int]]:
@@ -173,6 +193,7 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
         batch["labels"] = torch.tensor([e["labels"] for e in examples])
     if "step_terms" in examples[0]:
         batch["step_terms"] = torch.tensor(examples[0]["step_terms"])
+        batch["example_ids"] = torch.tensor([i for e in examples for i in e["example_ids"]], dtype=torch.long)
     batch["num_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in examples))  # real tokens: throughput counts
     return batch
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from lightning_ft.data.batching import (
     PackedDataset,
+    ResumableLoader,
     StepBatchSampler,
     WithStepTerms,
     collate,
@@ -124,7 +125,6 @@ class FineTuneDataModule(LightningDataModule):
         self.datasets = None
         self.report: dict | None = None
         self.train_sampler: StepBatchSampler | None = None
-        self.restored_passes = 0  # from a checkpoint, for the next train sampler
 
     def resolve_batching(self, batching: str) -> str:
         """ "auto" packs causal-LM data and pads classification data (BENCHMARKS.md has the measurements).
@@ -233,18 +233,18 @@ class FineTuneDataModule(LightningDataModule):
                 "set --trainer.use_distributed_sampler false: the DataModule shards training data "
                 "itself, so the loss is averaged over the global batch's tokens"
             )
-        passes = self.train_sampler.passes if self.train_sampler else self.restored_passes
+        taken = self.train_sampler.taken if self.train_sampler else 0  # a new loader continues the stream
         self.train_sampler = StepBatchSampler(
             terms,
             self.batch_size,
             self.seed,
-            passes,
+            taken,
             trainer.accumulate_grad_batches if trainer else 1,
             world_size,
             rank,
             order,
         )
-        return DataLoader(
+        return ResumableLoader(
             WithStepTerms(data),
             batch_sampler=self.train_sampler,
             num_workers=self.num_workers,
@@ -274,8 +274,16 @@ class FineTuneDataModule(LightningDataModule):
             raise UserError("--data.test_path (or --data.split.test_fraction) is required to test")
         return self.eval_loader("test")
 
-    def state_dict(self) -> dict:
-        return {"train_passes": self.train_sampler.passes if self.train_sampler else self.restored_passes}
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Count the training batches that reach the model: where the stream resumes (see StepBatchSampler; the
+        count is saved through ResumableLoader). Counted here, not in the sampler: the loader and Lightning fetch
+        batches ahead of their use."""
+        if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
+            self.train_sampler.taken += 1
+        return batch
 
-    def load_state_dict(self, state: dict) -> None:
-        self.restored_passes = state["train_passes"]
+    def describe_examples(self, ids) -> str:
+        """Training examples by their source lines, e.g. for a batch that produced a non-finite loss."""
+        train = self.datasets["train"]
+        lines = [str(train[int(i)]["line"]) for i in ids]
+        return f"{self.report['train']['source']} line{'s' * (len(lines) != 1)} {', '.join(lines) or '(none)'}"

@@ -1,10 +1,17 @@
 """Helpers for Lightning's distributed strategies (which modules to shard) and SLURM jobs (slurm.py)."""
 
 from lightning_ft.distributed.sharding import (
+    DeepSpeedStrategy,
     FSDP2Strategy,
     TransformerBlocks,
     shard_transformer_blocks,
     transformer_block_names,
 )
 
-__all__ = ["FSDP2Strategy", "TransformerBlocks", "shard_transformer_blocks", "transformer_block_names"]
+__all__ = [
+    "DeepSpeedStrategy",
+    "FSDP2Strategy",
+    "TransformerBlocks",
+    "shard_transformer_blocks",
+    "transformer_block_names",
+]

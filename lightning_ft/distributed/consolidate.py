@@ -14,15 +14,14 @@ from pathlib import Path
 
 import torch
 
+from lightning_ft.checkpoints import check_folder_checkpoint, load_checkpoint_file
 from lightning_ft.errors import UserError
+from lightning_ft.files import commit, partial_path, write_atomically
 
 
 def load_distributed_checkpoint(folder: Path) -> dict:
-    """Every shard of a torch.distributed.checkpoint folder in one process's memory, with Lightning's `meta.pt`.
-
-    Lightning's own `_load_distributed_checkpoint` reads `meta.pt` with `weights_only=True`, which refuses the
-    hyperparameters our checkpoints carry (method settings are dataclasses); the shard loading is the same.
-    """
+    """Every shard of a torch.distributed.checkpoint folder in one process's memory, with Lightning's `meta.pt`
+    (read as tensors and plain data only, like every checkpoint: see checkpoints.py)."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
@@ -33,7 +32,7 @@ def load_distributed_checkpoint(folder: Path) -> dict:
     )
     meta = folder / "meta.pt"
     if meta.is_file():
-        checkpoint.update(torch.load(meta, map_location="cpu", weights_only=False))
+        checkpoint.update(load_checkpoint_file(meta))
     if "model" in checkpoint:  # FSDPStrategy's name for the weights; ModelParallelStrategy already says state_dict
         checkpoint["state_dict"] = checkpoint.pop("model")
     optimizers = sorted((key for key in checkpoint if re.fullmatch(r"optimizer_\d+", key)), key=lambda k: int(k[10:]))
@@ -47,20 +46,24 @@ def consolidate(folder: Path, output: Path) -> str:
     if not folder.is_dir():
         kind = "a single-file checkpoint already" if folder.is_file() else "not found"
         raise UserError(f"consolidate: {folder} is {kind}; give the folder of a sharded checkpoint")
-    partial = output.with_name(output.name + ".partial")
+    check_folder_checkpoint(folder)  # before DeepSpeed's converter, which unpickles without weights_only
     if (folder / ".metadata").is_file():
         kind = "torch.distributed.checkpoint (FSDP/FSDP2)"
-        torch.save(load_distributed_checkpoint(folder), partial)
+        write_atomically(output, lambda f: torch.save(load_distributed_checkpoint(folder), f))
     elif (folder / "latest").is_file() or any(folder.glob("*/*_model_states.pt")):
         from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
         kind = "DeepSpeed ZeRO"
-        convert_zero_checkpoint_to_fp32_state_dict(
-            folder, partial, tag=None if (folder / "latest").is_file() else "checkpoint"
-        )
+        partial = partial_path(output)
+        try:
+            convert_zero_checkpoint_to_fp32_state_dict(
+                folder, partial, tag=None if (folder / "latest").is_file() else "checkpoint"
+            )
+            commit(partial, output)  # a reader never sees half a file
+        finally:
+            partial.unlink(missing_ok=True)
     else:
         raise UserError(f"consolidate: {folder} holds neither FSDP shards (.metadata) nor a DeepSpeed checkpoint")
-    partial.replace(output)  # a reader never sees half a file
     return kind
 
 

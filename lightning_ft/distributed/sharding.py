@@ -1,5 +1,5 @@
 """Sharding units for FSDP (auto-wrap policy) and FSDP2 (`fully_shard`): one unit per transformer block; the FSDP2
-strategy that saves only trained weights.
+strategy that saves only trained weights; sharded checkpoints written so that a kill mid-save tears nothing.
 
 Hugging Face models name their blocks in `_no_split_modules` (LlamaDecoderLayer, BertLayer, ...), so the same
 code shards any architecture without a per-model list.
@@ -11,8 +11,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+
+from lightning_ft.files import PARTIAL_SUFFIX, remove_path, replace_folder
 
 
 def transformer_block_names(model: nn.Module) -> set[str]:
@@ -46,6 +49,29 @@ def shard_transformer_blocks(model: nn.Module, mesh) -> None:
     fully_shard(model, mesh=mesh)
 
 
+def save_staged(strategy, path: Path, save) -> None:
+    """`save(folder)` on every process into a temp folder next to `path`, renamed into place by process 0 once all
+    have finished (a shared filesystem, as for any sharded checkpoint): Lightning's sharded writers write into the
+    final folder, after deleting the previous checkpoint there, so a kill mid-save would leave neither."""
+    staging = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    if strategy.global_rank == 0:
+        remove_path(staging)  # shards of a save that a kill interrupted
+    strategy.barrier("clear the staging folder")
+    save(staging)
+    strategy.barrier("every shard written")
+    if strategy.global_rank == 0:
+        replace_folder(staging, path)
+    strategy.barrier("checkpoint in place")
+
+
+class DeepSpeedStrategy(LightningDeepSpeedStrategy):
+    """Lightning's DeepSpeedStrategy, with its checkpoint folders written whole or not at all (see save_staged)."""
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        path = Path(self.broadcast(filepath))
+        save_staged(self, path, lambda staging: super(DeepSpeedStrategy, self).save_checkpoint(checkpoint, staging))
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """Lightning's ModelParallelStrategy (FSDP2) that gathers, saves and loads only the weights being trained.
 
@@ -63,15 +89,21 @@ class FSDP2Strategy(ModelParallelStrategy):
         return get_model_state_dict(self.model, options=options)
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
-        # Switching save mode at a path (a one-file last.ckpt where shards were, or the reverse): Lightning removes
-        # the old one on every process at once, and all but one fail with FileNotFoundError. Remove it once here.
+        """One file (rank 0, through the atomic checkpoint IO), or a folder of shards written under a temp name and
+        renamed into place once every process has finished: a kill mid-save leaves the previous checkpoint, never
+        a torn folder (Lightning writes shards into the final folder, after deleting the previous one there).
+
+        Switching save mode at a path (a one-file last.ckpt where shards were): Lightning removes the old one on
+        every process at once, and all but one fail with FileNotFoundError; here process 0 removes it, once.
+        """
         path = Path(self.broadcast(filepath))
-        other_mode = path.exists() and path.is_dir() != self._save_distributed_checkpoint
-        if self.broadcast(other_mode):  # process 0 decides: the others may look after it removed the file
-            if self.global_rank == 0:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            self.barrier("remove the checkpoint of the other save mode")
-        super().save_checkpoint(checkpoint, filepath, storage_options)
+        if not self._save_distributed_checkpoint:
+            if self.broadcast(path.is_dir()):  # process 0 decides: the others may look after it removed the folder
+                if self.global_rank == 0:
+                    shutil.rmtree(path)
+                self.barrier("remove the sharded checkpoint this file replaces")
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_staged(self, path, lambda staging: super(FSDP2Strategy, self).save_checkpoint(checkpoint, staging))
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_load, _is_sharded_checkpoint
@@ -94,5 +126,4 @@ class FSDP2Strategy(ModelParallelStrategy):
             state = {key: get_optimizer_state_dict(self.model, optimizer)}
             _distributed_checkpoint_load(state, path)
             set_optimizer_state_dict(self.model, optimizer, state[key], options=StateDictOptions(cpu_offload=True))
-        # Our own run's metadata (steps, loops, hyperparameters with the method's settings): not weights only.
-        return torch.load(path / "meta.pt", map_location="cpu", weights_only=bool(weights_only))
+        return torch.load(path / "meta.pt", map_location="cpu", weights_only=True)  # steps, loops, hyperparameters

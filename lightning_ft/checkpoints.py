@@ -1,0 +1,140 @@
+"""Checkpoint files: written atomically, read without running code, and the newest readable one found for a resume.
+
+Lightning's own writer buffers the whole checkpoint in memory and renames it without an fsync (a power loss can
+leave an empty file under the final name); its reader unpickles whatever the file names. A checkpoint can come
+from anywhere (a colleague, a hub), and unpickling can run any code it names: here every checkpoint is read with
+`torch.load(weights_only=True)`, which builds tensors and plain data only, and a folder checkpoint (FSDP, DeepSpeed)
+is scanned for anything else before a library that unpickles freely gets to read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from pathlib import Path
+
+import torch
+from fsspec.utils import get_protocol
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_ft.errors import UserError
+from lightning_ft.files import write_atomically
+
+# DeepSpeed pickles two plain-data classes of its own into its optimizer state files (and reads them back itself).
+DEEPSPEED_GLOBALS = {"deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler"}
+
+
+class UnreadableCheckpoint(UserError):
+    """A checkpoint that is missing, cut short, corrupt, or would run code when unpickled."""
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """What unpickling `path` would import beyond tensors and plain data (read without executing anything)."""
+    return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+
+
+def load_checkpoint_file(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    """A one-file checkpoint's contents, or one clear error: not there, cut short / corrupt, or unsafe."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableCheckpoint(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        try:
+            names = ", ".join(unsafe_globals(path)) or "code"
+        except Exception:  # noqa: BLE001 - the file is not even a readable archive: say what torch.load said
+            raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+        raise UnreadableCheckpoint(
+            f"{path}: refused: unpickling it would run {names}; checkpoints are loaded as tensors and plain data "
+            "only (torch.load weights_only=True), and lightning_ft never writes anything else into them"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - torch reports a torn zip archive as RuntimeError, EOFError, ...
+        raise UnreadableCheckpoint(
+            f"{path}: not a readable checkpoint, cut short or corrupt ({first_line(err)})"
+        ) from None
+
+
+def first_line(err: BaseException) -> str:
+    """The gist of an error: torch follows "failed finding central directory" with four sentences of advice."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+
+
+def check_folder_checkpoint(folder: Path) -> None:
+    """Refuse a sharded checkpoint any of whose pickles would run code: FSDP's `meta.pt` and DeepSpeed's state files
+    are read by torch / DeepSpeed code that does not always ask for weights only."""
+    for path in sorted(Path(folder).rglob("*.pt")):
+        try:
+            names = [name for name in unsafe_globals(path) if name not in DEEPSPEED_GLOBALS]
+        except Exception as err:  # noqa: BLE001
+            raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+        if names:
+            raise UnreadableCheckpoint(f"{path}: refused: unpickling it would run {', '.join(names)}")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail now, in one line, on a checkpoint that cannot be resumed from."""
+    path = Path(path)
+    if path.is_dir():
+        check_folder_checkpoint(path)
+    else:
+        load_checkpoint_file(path, mmap=True)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader / writer, with atomic fsynced writes and weights-only reads (local paths;
+    remote ones, e.g. s3://, keep Lightning's own handling)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or not is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        if not is_local(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return load_checkpoint_file(Path(path), map_location=map_location or "cpu")
+
+
+def is_local(path) -> bool:
+    return get_protocol(str(path)) in ("file", "local")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint holds; UnreadableCheckpoint when it cannot be resumed from.
+
+    Reads only the pickled metadata (mmap: tensors stay on disk). Sharded checkpoints are folders: FSDP's keep the
+    step in `meta.pt`, DeepSpeed's in the rank-0 model states file.
+    """
+    if path.is_dir():
+        check_folder_checkpoint(path)
+        candidates = [path / "meta.pt", *sorted(path.glob("*/mp_rank_00_model_states.pt"))]
+        path = next((c for c in candidates if c.is_file()), path)
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    if "global_step" not in checkpoint:
+        raise UnreadableCheckpoint(f"{path}: not a training checkpoint (no global_step)")
+    return int(checkpoint["global_step"])
+
+
+def newest_checkpoint(run_dir: Path, set_aside: bool = False) -> Path | None:
+    """The readable checkpoint with the most training steps in a run dir, the newest file among equals.
+
+    Candidates: `checkpoints/*.ckpt` and Lightning's SLURM `hpc_ckpt_*.ckpt`. Lightning itself resumes from the
+    highest-numbered hpc checkpoint even when a later ModelCheckpoint file exists, and `--ckpt_path last` ignores
+    hpc checkpoints; neither is right after a requeue, so the step count decides. An unreadable one (a write cut
+    short by a power loss, a corrupt disk, a file that would run code) is reported and passed over, so the run
+    falls back to the previous good one; with `set_aside`, it is also renamed to NAME.unreadable (kept for a look,
+    and out of the way of the run's next save under that name, which Lightning would otherwise divert to NAME-v1).
+    """
+    candidates = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    steps = {}
+    for path in sorted(candidates):
+        try:
+            steps[path] = checkpoint_step(path)
+        except UnreadableCheckpoint as err:
+            if set_aside:
+                with contextlib.suppress(FileNotFoundError):  # another process of this run set it aside first
+                    path.rename(path.with_name(path.name + ".unreadable"))
+            rank_zero_warn(f"skipping checkpoint {err}" + (f"; renamed to {path.name}.unreadable" if set_aside else ""))
+    return max(steps, key=lambda path: (steps[path], path.stat().st_mtime), default=None)
