@@ -197,6 +197,12 @@ def test_the_batch_stream_depends_only_on_seed_and_batches_taken():
     # A resume 3 batches into the second pass continues with its 4th batch, then the third pass.
     resumed = StepBatchSampler(terms, 5, seed=3, taken=len(a[0]) + 3)
     assert take_pass(resumed) == a[1][3:] and take_pass(resumed) == take_pass(first)
+    # Resumed on another split (2 processes x batch 1 saved after 6 batches each: 12 examples), 1 process x batch 4
+    # continues at example 12 of the same pass order.
+    alone = StepBatchSampler(terms, 4, seed=3)
+    alone.taken = alone.taken_in_this_split(6, world_size=2, batch_size=1)
+    order = [i for batch in a[0] for i, _, _ in batch]
+    assert [i for i, _, _ in next(iter(alone))] == order[12:16]
     # Batches fetched ahead but never taken (loader prefetch) do not move the stream.
     ahead = StepBatchSampler(terms, 5, seed=3)
     fetching = iter(ahead)

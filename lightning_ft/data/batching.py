@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -65,6 +66,14 @@ class StepBatchSampler(Sampler):
         passes, skip = divmod(self.taken, len(self))
         yield from self.pass_batches(passes)[skip:]
 
+    def taken_in_this_split(self, taken: int, world_size: int, batch_size: int) -> int:
+        """`taken` batches of a run split into `world_size` processes x `batch_size`, in batches of this split: the
+        same pass and, within it, as many examples as that run had seen, rounded down to this split's global batch.
+        (A pass's order depends on the seed and pass number only, not on the split.)"""
+        per_pass = math.ceil(math.ceil(len(self.terms) / batch_size) / world_size)
+        passes, within = divmod(taken, per_pass)
+        return passes * len(self) + within * world_size * batch_size // (self.world_size * self.batch_size)
+
     def pass_batches(self, number: int) -> list[list[tuple[int, int, bool]]]:
         """This process's batches of pass `number`: items (index, the step's loss-term total, real)."""
         order = self.order(torch.Generator().manual_seed(self.seed + number))
@@ -85,10 +94,18 @@ class ResumableLoader(DataLoader):
     iterating (its `state_dict` protocol for stateful loaders): a resumed run continues mid-pass."""
 
     def state_dict(self) -> dict:
-        return {"batches_taken": self.batch_sampler.taken}
+        sampler = self.batch_sampler
+        return {"batches_taken": sampler.taken, "split": [sampler.world_size, sampler.batch_size]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.taken = state["batches_taken"]
+        sampler = self.batch_sampler
+        split = state.get("split", [sampler.world_size, sampler.batch_size])
+        sampler.taken = sampler.taken_in_this_split(state["batches_taken"], *split)
+        if split != [sampler.world_size, sampler.batch_size]:
+            rank_zero_warn(
+                f"resuming with {sampler.world_size} process(es) x batch {sampler.batch_size}, saved with {split[0]} x "
+                f"{split[1]}: the pass continues at the same example, rounded down to a whole step (a few may repeat)"
+            )
 
 
 class WithStepTerms(Dataset):
