@@ -39,7 +39,7 @@ class StepGuard(Callback):
         self.in_a_row = 0
         self.skipped = 0
         self._step = -1
-        self._example_ids: list[int] = []
+        self._example_ids: list[torch.Tensor] = []
         self._losses: list[torch.Tensor] = []
         self._batch_shape: tuple[int, ...] | None = None
         self._stop: str | None = None
@@ -53,7 +53,8 @@ class StepGuard(Callback):
         if trainer.global_step != self._step:  # the first micro-batch of an optimizer step
             self._step, self._example_ids, self._losses = trainer.global_step, [], []
         if isinstance(batch, dict):
-            self._example_ids += batch["example_ids"].tolist() if "example_ids" in batch else []
+            if "example_ids" in batch:  # kept as tensors: read only when a step goes wrong (no sync per batch)
+                self._example_ids.append(batch["example_ids"])
             self._batch_shape = tuple(batch["input_ids"].shape) if "input_ids" in batch else None
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
@@ -93,7 +94,7 @@ class StepGuard(Callback):
 
     def _examples(self, trainer: Trainer) -> str:
         """The step's examples on every process, by source line (gathered: the bad one may be another's)."""
-        ids = self._example_ids
+        ids = [i for part in self._example_ids for i in part.tolist()]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, ids)
