@@ -6,17 +6,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 PARTIAL_SUFFIX = ".partial"  # what a write in progress is called; a crash can leave one behind
 
 
-@contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file next to `path`; on success fsync it, rename it to `path` and fsync the folder.
+def write_atomically(path: Path, write: Callable[[IO], object], mode: str = "wb") -> None:
+    """`write(f)` into a temp file next to `path`, which becomes `path` only once complete and on disk (fsynced,
+    renamed, folder fsynced).
 
     Readers (and a resume after a kill or a power loss) see the old file or the whole new one, never a torn one:
     the rename is atomic, and fsync before it keeps the rename from reaching the disk ahead of the data. The temp
@@ -28,7 +27,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
         with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
+            write(f)
         commit(Path(temporary), path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -57,14 +56,7 @@ def fsync_path(path: Path) -> None:
 
 
 def write_json_atomically(path: Path, data) -> None:
-    with atomic_file(path, "w") as f:
-        json.dump(data, f, indent=2)
-
-
-def write_atomically(path: Path, write: Callable[[IO], object], mode: str = "wb") -> None:
-    """`write(f)` into a temp file that becomes `path` only once it is complete and on disk."""
-    with atomic_file(path, mode) as f:
-        write(f)
+    write_atomically(path, lambda f: json.dump(data, f, indent=2), "w")
 
 
 def replace_folder(staging: Path, path: Path) -> None:
