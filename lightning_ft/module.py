@@ -7,17 +7,16 @@ import random
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_ft.checkpoints import check_checkpoint
-from lightning_ft.constants import IGNORE_INDEX
-from lightning_ft.distributed import shard_transformer_blocks
+from lightning_ft.distributed import shard_transformer_blocks, transformer_block_names
 from lightning_ft.errors import UserError
 from lightning_ft.loading import DType, Task, check_source, load_model, load_tokenizer
+from lightning_ft.loss import backbone, head_cross_entropy, plain_cross_entropy, plain_output_head
 from lightning_ft.methods import Full, Method, count_parameters
 from lightning_ft.optim import Optim, build_optimizer, build_scheduler
 
@@ -31,9 +30,12 @@ class FineTuneModule(LightningModule):
         method: how the model adapts (Full, LoRA, QLoRA, PrefixTuning, BottleneckAdapter); default Full().
         labels: class names for sequence_classification (their order fixes the class ids).
         num_labels: number of classes when the data labels are plain ids and no names are given.
-        dtype: dtype the base weights load in; bfloat16 halves the memory of frozen weights.
+        dtype: dtype the base weights load in. Default: bfloat16 when the method freezes them and the trainer
+            computes in bf16 (half the memory, no cast per step), else float32; "auto" takes the checkpoint's own.
         gradient_checkpointing: recompute activations in backward (about 30% slower, far less memory).
         trust_remote_code: allow the model directory to run its own Python code. Only for sources you trust.
+        compile: compile each transformer block with torch.compile (one compilation serves every block): costs
+            time up front, pays off on long runs (BENCHMARKS.md has the figures).
         optim: optimizer and learning-rate schedule.
     """
 
@@ -44,9 +46,10 @@ class FineTuneModule(LightningModule):
         method: Method | None = None,
         labels: list[str] | None = None,
         num_labels: int | None = None,
-        dtype: DType = "float32",
+        dtype: DType | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        compile: bool = False,
         optim: Optim = Optim(),
     ) -> None:
         super().__init__()
@@ -79,7 +82,7 @@ class FineTuneModule(LightningModule):
         model = load_model(
             h.model_name_or_path,
             h.task,
-            dtype=h.dtype,
+            dtype=h.dtype or self.default_dtype(),
             labels=h.labels,
             num_labels=h.num_labels,
             pad_token_id=tokenizer.pad_token_id,
@@ -90,33 +93,54 @@ class FineTuneModule(LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # from_pretrained returns the model in eval mode and Lightning keeps submodule modes: switch dropout on.
         self.model = self.method.apply(model, h.task).train()
+        if h.dtype is None:  # frozen weights in bf16; what trains (adapters, a classifier head) keeps fp32 updates
+            for parameter in self.model.parameters():
+                if parameter.requires_grad and parameter.is_floating_point():
+                    parameter.data = parameter.data.float()
         if self.device_mesh is not None:  # ModelParallelStrategy (FSDP2): shard along its data-parallel dimension
             shard_transformer_blocks(self.model, self.device_mesh["data_parallel"])
+        if h.compile:
+            blocks = transformer_block_names(self.model)
+            for module in self.model.modules():
+                if type(module).__name__ in blocks:
+                    module.compile()
+
+    def default_dtype(self) -> str:
+        bf16_compute = self._trainer is not None and str(self.trainer.precision).startswith("bf16")
+        return "bfloat16" if bf16_compute and not self.method.saves_full_model else "float32"
 
     # -- training -------------------------------------------------------------------------------------------
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        """Mean loss over the batch's label tokens (causal LM) or examples (classification), and their count."""
-        return self.loss_from_logits(self(**batch), batch["labels"])
+        """Mean loss over the batch's label tokens (causal LM) or examples (classification), and their count.
+
+        A causal LM whose head is plain (see loss.py) is scored from the backbone's hidden states at the label
+        positions only; the others from the model's own logits.
+        """
+        head = self.hparams.task == "causal_lm" and self.method.hidden_state_loss and plain_output_head(self.model)
+        if not head:
+            return self.loss_from_logits(self(**batch), batch["labels"])
+        hidden = backbone(self.model)(**self.model_inputs(**batch)).last_hidden_state
+        total, count = head_cross_entropy(hidden[:, :-1], head, batch["labels"][:, 1:])
+        return total / max(count, 1), count
 
     def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         if self.hparams.task != "sequence_classification":
             # Prefix tuning prepends no logits; shift so position t predicts token t + 1.
             logits, labels = logits[:, :-1], labels[:, 1:]
-        count = int((labels != IGNORE_INDEX).sum())
-        total = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        total, count = plain_cross_entropy(logits, labels)
         return total / max(count, 1), count
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        return self.model(**self.model_inputs(input_ids, attention_mask, position_ids)).logits
+
+    def model_inputs(self, input_ids, attention_mask=None, position_ids=None, **_) -> dict:
         if position_ids is not None and attention_mask is None and not self.method.supports_packing:
             raise UserError(f"{type(self.method).__name__} cannot train on packed rows; use another --data.batching")
         # Packed rows come with position_ids and no attention mask; transformers then keeps examples apart, but
         # only with no cache in play (see DESIGN.md): hence use_cache=False.
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).logits
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        return {**inputs, "use_cache": False}
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -148,12 +172,14 @@ class FineTuneModule(LightningModule):
 
     def _eval_step(self, batch: dict, stage: str) -> dict:
         """Accumulate the loss weighted by label tokens (examples); return predictions for metric callbacks."""
+        if self.hparams.task != "sequence_classification":
+            loss, count = self.loss(batch)
+            self.eval_loss[stage].update(loss.detach(), count)
+            return {"loss": loss}
         logits = self(**batch)
         loss, count = self.loss_from_logits(logits, batch["labels"])
         self.eval_loss[stage].update(loss.detach(), count)
-        if self.hparams.task == "sequence_classification":
-            return {"loss": loss, "preds": logits.argmax(-1), "target": batch["labels"]}
-        return {"loss": loss}
+        return {"loss": loss, "preds": logits.argmax(-1), "target": batch["labels"]}
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_loss("val")

@@ -32,6 +32,7 @@ from lightning_ft.errors import UserError
 from lightning_ft.files import remove_partial_files, write_atomically
 from lightning_ft.methods import METHODS
 from lightning_ft.module import FineTuneModule
+from lightning_ft.precision import fastest_precision
 from lightning_ft.tracking import finish_wandb_runs, prepare_loggers
 from lightning_ft.tracking.record import redact
 
@@ -134,6 +135,8 @@ class FineTuneCLI(LightningCLI):
         if not strategy_io and not any(isinstance(p, CheckpointIO) for p in plugins):
             # unless the user configured their own: atomic writes, weights-only reads (see checkpoints.py)
             config = {**config, "plugins": [*plugins, SafeCheckpointIO()]}
+        if config.get("precision") is None:  # not set: the fastest correct one on this device
+            config = {**config, "precision": fastest_precision(config.get("accelerator"))}
         return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:

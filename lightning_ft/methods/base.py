@@ -26,6 +26,9 @@ class Method(ABC):
     saves_full_model: ClassVar[bool] = False
     #: False when packed rows (examples told apart only by position ids) would leak between examples.
     supports_packing: ClassVar[bool] = True
+    #: False when the method's wrapper changes the model's forward itself (prefix tuning feeds past key values), so
+    #: the loss must come from the model's own logits rather than from its backbone's hidden states (see loss.py).
+    hidden_state_loss: ClassVar[bool] = True
 
     def check(self, *, gradient_checkpointing: bool) -> None:
         """Reject incompatible settings before any weight is loaded."""

@@ -25,6 +25,7 @@ class PrefixTuning(Method):
     # The prefix enters as a key/value cache, and with a cache transformers no longer derives the block-diagonal
     # mask of packed rows from their position ids.
     supports_packing = False
+    hidden_state_loss = False  # peft's wrapper feeds the prefix: calling the backbone alone would leave it out
 
     num_virtual_tokens: int = 20
     prefix_projection: bool = False
