@@ -181,6 +181,8 @@ def test_generation_metrics_during_fit(cli, fit_args, tmp_path):
                 "4",
                 "--generation.max_new_tokens",
                 "8",
+                "--trainer.val_check_interval",
+                "2",  # the 2 steps are not a whole epoch: validate (and generate) after them
                 run_dir=run_dir,
             )
         )

@@ -21,6 +21,7 @@ from lightning_ft.data.batching import (
     length_grouped_order,
     pack,
     padding_waste,
+    rows_per_batch,
 )
 from lightning_ft.data.formats import DataFormat, EncodeContext, resolve_format
 from lightning_ft.data.pipeline import (
@@ -64,7 +65,7 @@ class FineTuneDataModule(LightningDataModule):
             together), "pack" (several examples per row, attention kept within each), or "auto" (pack causal-LM
             data, pad classification data).
         pad_to_multiple_of: round padded lengths up (8 suits GPU tensor cores).
-        batch_size: examples (rows, when packing) per step per device.
+        batch_size: examples per step per device; when packing, as many rows as hold that many on average.
         eval_batch_size: examples per validation/test step (default: batch_size).
         num_workers: DataLoader worker processes.
         num_proc: tokenization processes (default: all cores above 20,000 records, else one).
@@ -221,9 +222,12 @@ class FineTuneDataModule(LightningDataModule):
         train = self.datasets["train"]
         data, terms, order = train.select_columns(["input_ids", "labels"]), list(train["terms"]), None
         lengths = list(train["length"])  # plain lists: indexing a datasets Column is slow
+        batch_size = self.batch_size
         if self.batching == "pack":
             rows = pack(lengths, self.token_rules.max_length, self.seed)
             data, terms = PackedDataset(data, rows), [sum(terms[i] for i in row) for row in rows]
+            batch_size = rows_per_batch(self.batch_size, len(rows), len(lengths))
+            rank_zero_info(f"data: {len(lengths)} examples packed into {len(rows)} rows, {batch_size} a batch")
         elif self.batching == "group_by_length":
             order = length_grouped_order(lengths, self.batch_size)
         trainer = self.trainer
@@ -236,7 +240,7 @@ class FineTuneDataModule(LightningDataModule):
         taken = self.train_sampler.taken if self.train_sampler else 0  # a new loader continues the stream
         self.train_sampler = StepBatchSampler(
             terms,
-            self.batch_size,
+            batch_size,
             self.seed,
             taken,
             trainer.accumulate_grad_batches if trainer else 1,
