@@ -34,8 +34,8 @@ class FineTuneModule(LightningModule):
             computes in bf16 (half the memory, no cast per step), else float32; "auto" takes the checkpoint's own.
         gradient_checkpointing: recompute activations in backward (about 30% slower, far less memory).
         trust_remote_code: allow the model directory to run its own Python code. Only for sources you trust.
-        compile: compile each transformer block with torch.compile (one compilation serves every block): costs
-            time up front, pays off on long runs (BENCHMARKS.md has the figures).
+        compile: compile each transformer block with torch.compile (one compilation serves every block): about a
+            minute up front, so only long runs can gain (BENCHMARKS.md: slower end to end on 110 CPU steps).
         optim: optimizer and learning-rate schedule.
     """
 

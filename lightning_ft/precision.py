@@ -18,8 +18,9 @@ def cpu_has_bf16() -> bool:
 
 
 def fastest_precision(accelerator: str | None) -> str:
-    """bf16 autocast where the device has bf16 math (Ampere+ GPUs, CPUs with AVX512-BF16/AMX: 2.4x fp32 on this
-    project's CPUs, BENCHMARKS.md), fp16 autocast on older GPUs, fp32 otherwise. Weights stay fp32 under autocast."""
+    """bf16 autocast where the device has bf16 math (Ampere+ GPUs, CPUs with AVX512-BF16/AMX: 1.4x fp32 end to end
+    on this project's CPUs, BENCHMARKS.md), fp16 autocast on older GPUs, fp32 otherwise. Weights stay fp32 under
+    autocast (see FineTuneModule's dtype for frozen ones)."""
     accelerator = str(accelerator or "auto").lower()
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from lightning_ft.constants import IGNORE_INDEX
 
 
 @dataclass

@@ -41,8 +41,7 @@ def test_every_contender_trains_the_same_real_tokens(workload):
     assert len(examples) == 13
     real = sum(len(e["input_ids"]) for e in examples)
     assert max(len(e["input_ids"]) for e in examples) == workload.max_length  # the longest was cut to max_length
-    # (the compiled variant trains exactly as lightning_ft does; compiling would take most of this test's time)
-    names = [name for name in CONTENDERS if name not in ("ceiling", "lightning_ft_compiled")]
+    names = [name for name in CONTENDERS if name not in ("ceiling", "lightning_ft_compiled")]  # each tested below
     results = {name: run(name, workload.workdir) for name in names}
     for name, result in results.items():
         assert result["tokens"] == real, name
@@ -51,6 +50,13 @@ def test_every_contender_trains_the_same_real_tokens(workload):
     assert results["hf_recipe"]["forwards"] == 4 and real < 4 * 4 * workload.max_length
     # batch_size counts examples however they are laid out: packed, as many steps as padded
     assert results["lightning_ft"]["forwards"] == 4
+
+
+def test_compiled_blocks_train_like_uncompiled(workload):
+    """`--model.compile true` (the lightning_ft_compiled contender): the same tokens, the same trained model."""
+    plain, compiled = run("lightning_ft", workload.workdir), run("lightning_ft_compiled", workload.workdir)
+    assert compiled["tokens"] == plain["tokens"] and compiled["forwards"] == plain["forwards"]
+    assert compiled["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-3)
 
 
 def test_the_ceiling_trains_full_rows_of_the_same_tokens(workload):
