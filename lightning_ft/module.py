@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -57,6 +59,11 @@ class FineTuneModule(LightningModule):
         check_source(model_name_or_path)
         self.method = method or Full()
         self.method.check(gradient_checkpointing=gradient_checkpointing)
+        if compile and not torch.cuda.is_available() and not c_compiler():
+            raise UserError(
+                "--model.compile true needs a C++ compiler on CPU (torch.compile builds its kernels with one): "
+                "install g++, or leave compile off"
+            )
         self.optim = optim
         self.model = None  # built in configure_model, so sharded strategies can build it in place
         # Adapter checkpoints hold only the trained weights (on_load_checkpoint checks they are all there); sharded
@@ -315,6 +322,12 @@ def plain_hyperparameters(hparams) -> dict:
 
     plain_values = {key: plain(value) for key, value in dict(hparams).items()}
     return {"_instantiator": "lightning.pytorch.cli.instantiate_module", **plain_values}
+
+
+def c_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use ($CXX, else g++ / clang++ / c++ on the PATH)."""
+    candidates = (os.environ.get("CXX"), "g++", "clang++", "c++")
+    return next((path for name in candidates if name and (path := shutil.which(name))), None)
 
 
 def base_fingerprint(model: nn.Module) -> dict:

@@ -10,6 +10,7 @@ from lightning.pytorch import Trainer
 import lightning_ft.loss
 from lightning_ft import FineTuneModule, Full, LoRA, PrefixTuning
 from lightning_ft.constants import IGNORE_INDEX
+from lightning_ft.errors import UserError
 from lightning_ft.loss import plain_output_head
 from lightning_ft.precision import fastest_precision
 
@@ -73,6 +74,14 @@ def test_heads_that_are_not_a_plain_projection_keep_the_models_own_logits(tiny_m
     hooked.configure_model()
     hooked.model.lm_head.register_forward_hook(lambda module, args, out: out * 2)
     assert plain_output_head(hooked.model) is None
+
+
+def test_compile_without_a_c_compiler_is_one_clear_error(tiny_model, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--model.compile true needs a C\\+\\+ compiler on CPU"):
+        FineTuneModule(str(tiny_model), compile=True)
 
 
 @pytest.mark.parametrize("has_bf16,expected", [(True, "bf16-mixed"), (False, "32-true")])
