@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_ft.constants import IGNORE_INDEX
@@ -280,23 +279,20 @@ def run_ceiling(w: Workload) -> tuple[dict, nn.Module]:
 
 @torch.no_grad()
 def final_loss(model: nn.Module, w: Workload) -> float:
-    """Token-weighted mean loss over every example's labels, in fp32, the same computation for every contender."""
+    """Token-weighted mean loss over every example's labels, in fp32, the same computation for every contender
+    (batches padded by lightning_ft's collator, scored by its plain cross-entropy)."""
+    from lightning_ft.data.batching import collate
+    from lightning_ft.loss import plain_cross_entropy
+
     model = model.float().eval()
     examples = w.examples()
     total, count = 0.0, 0
     for start in range(0, len(examples), w.batch_size):
-        batch = examples[start : start + w.batch_size]
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((len(batch), width), w.pad_token_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX)
-        for row, e in enumerate(batch):
-            n = len(e["input_ids"])
-            ids[row, :n], mask[row, :n], labels[row, :n] = torch.tensor(e["input_ids"]), 1, torch.tensor(e["labels"])
-        logits = model(input_ids=ids.to(device()), attention_mask=mask.to(device()), use_cache=False).logits
-        targets = labels[:, 1:].to(device())
-        total += F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="sum").item()
-        count += int((targets != IGNORE_INDEX).sum())
+        batch = collate(examples[start : start + w.batch_size], w.pad_token_id)
+        inputs = {key: batch[key].to(device()) for key in ("input_ids", "attention_mask")}
+        logits = model(**inputs, use_cache=False).logits
+        batch_total, batch_count = plain_cross_entropy(logits[:, :-1], batch["labels"][:, 1:].to(device()))
+        total, count = total + batch_total.item(), count + batch_count
     return total / count
 
 
