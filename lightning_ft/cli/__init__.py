@@ -1,5 +1,5 @@
 """`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
-slurm, consolidate, compare, sweep, lr-find, batch-size-find.
+slurm, consolidate, compare, sweep, lr-find, batch-size-find, export.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -28,6 +28,7 @@ from lightning_ft.cli.commands import (
 from lightning_ft.cli.lightning import FineTuneCLI, explain
 from lightning_ft.distributed import consolidate
 from lightning_ft.errors import UserError
+from lightning_ft.export import command as export_command
 from lightning_ft.tracking import compare
 
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
@@ -50,6 +51,7 @@ COMMANDS = {
     "sweep": sweep_command,
     "lr-find": lr_find_command,
     "batch-size-find": batch_size_find_command,
+    "export": export_command.main,
 }
 
 

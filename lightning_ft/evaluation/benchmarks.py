@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -339,12 +338,9 @@ def load_for_eval(model: str, dtype: DType = "auto"):
         return load_model(str(path), "causal_lm", dtype=dtype).eval(), load_tokenizer(str(path))
     if not (path.is_file() and path.suffix == ".ckpt"):
         raise UserError(f"--model: {model} is neither a model directory (with config.json) nor a .ckpt file")
-    from lightning_ft.module import FineTuneModule  # Lightning only for checkpoints
+    from lightning_ft.trained import load_trained  # Lightning only for checkpoints
 
-    try:
-        module = FineTuneModule.load_from_checkpoint(str(path), map_location="cpu")
-    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise UserError(f"--model: cannot load checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
+    module = load_trained(path)
     hparams = module.hparams
     if hparams.task != "causal_lm":
         raise UserError(f"--model: {path} holds a {hparams.task} model; eval needs a causal LM")

@@ -1,16 +1,19 @@
 """The protocol every adaptation method follows.
 
 A method decides which weights train (`apply`), which of them a checkpoint must hold
-(`trainable_state_dict` / `load_trainable_state_dict`) and whether they fold back into the base
-weights (`merge`). The module and the CLI see nothing else of it.
+(`trainable_state_dict` / `load_trainable_state_dict`), whether they fold back into the base
+weights (`merge`) and how they ship on their own (`save_adapter` / `load_adapter`). The module and
+the CLI see nothing else of it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from lightning_ft.errors import UserError
@@ -58,6 +61,17 @@ class Method(ABC):
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the trained weights into plain base weights and return the plain model."""
         raise UserError(f"{type(self).__name__} cannot be merged into the base weights")
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> None:
+        """Write the trained weights alone, in peft's format (adapter_config.json + adapter_model.safetensors), so
+        `PeftModel.from_pretrained(base, directory)` loads them without lightning_ft."""
+        if not isinstance(model, PeftModel):
+            raise UserError(f"{type(self).__name__} has no adapter to save apart from the model")
+        model.save_pretrained(directory)
+
+    def load_adapter(self, base: nn.Module, directory: Path, task: str) -> nn.Module:
+        """The base with what `save_adapter` wrote applied, ready for inference."""
+        return PeftModel.from_pretrained(base, directory)
 
 
 def unfreeze_classifier_head(model: nn.Module) -> None:

@@ -8,8 +8,10 @@ down_proj, ...) through a forward hook, so the base weights keep their names and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lightning_ft.errors import UserError
@@ -27,6 +29,7 @@ ATTENTION_OUTPUTS = (
 )
 MLP_OUTPUTS = ("mlp.down_proj", "output.dense", "mlp.c_proj", "fc2", "mlp.dense_4h_to_h")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name; the settings travel in lightning_ft's export record
 
 
 class Adapter(nn.Module):
@@ -115,3 +118,14 @@ class BottleneckAdapter(Method):
             "BottleneckAdapter cannot be merged: the non-linearity between its projections has no equivalent "
             "change of the base weights; keep the adapter with the model"
         )
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> None:
+        """The adapters' weights (and a classifier head it trained) as safetensors; `load_adapter` puts them back
+        on a fresh base, with the settings the export record keeps."""
+        state = {name: tensor.detach().contiguous() for name, tensor in self.trainable_state_dict(model).items()}
+        save_file(state, Path(directory) / WEIGHTS_FILE)
+
+    def load_adapter(self, base: nn.Module, directory: Path, task: str) -> nn.Module:
+        model = self.apply(base, task)
+        self.load_trainable_state_dict(model, load_file(Path(directory) / WEIGHTS_FILE))
+        return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,6 +18,16 @@ from lightning_ft.loading import TORCH_DTYPES
 from lightning_ft.methods.lora import LoRA
 
 ComputeDType = Literal["bfloat16", "float16", "float32"]
+
+
+def keep_canonical_layout(model: nn.Module) -> nn.Module:
+    """bitsandbytes 0.50 repacks 4-bit weights in place at the first no-grad eval forward on AVX512-BF16 CPUs; later
+    training forwards then run a kernel without autograd (wrong gradients), dequantize_4bit misreads the weights
+    (wrong merges), and the kernel computes in bf16. Keep the canonical layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 @dataclass
@@ -62,13 +73,12 @@ class QLoRA(LoRA):
             use_gradient_checkpointing=model.is_gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-        for module in model.modules():
-            # bitsandbytes 0.50 repacks 4-bit weights in place at the first no-grad eval forward on AVX512-BF16
-            # CPUs; later training forwards then run a kernel without autograd (wrong gradients) and
-            # dequantize_4bit misreads the weights (wrong merges). Keep the canonical layout.
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
-        return super().apply(model, task)
+        return super().apply(keep_canonical_layout(model), task)
+
+    def load_adapter(self, base: nn.Module, directory: Path, task: str) -> nn.Module:
+        """On the 4-bit base, computing as in training (plain peft on an AVX512-BF16 CPU would use bitsandbytes'
+        repacked kernel, which rounds to bf16 whatever compute_dtype says)."""
+        return super().load_adapter(keep_canonical_layout(base), directory, task)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Dequantize each 4-bit base weight to compute_dtype and add the LoRA update there.
@@ -95,8 +105,8 @@ class QLoRA(LoRA):
                     plain.bias.data.copy_(base.bias.data)
                 setattr(parent, child_name, plain)
         plain_model = model.get_base_model()
+        # transformers refuses to cast or save a model it believes is still bitsandbytes-quantised
         plain_model.config.quantization_config = None
-        plain_model.is_quantized = False
-        if hasattr(plain_model, "hf_quantizer"):
-            plain_model.hf_quantizer = None
+        plain_model.is_quantized = plain_model.is_loaded_in_4bit = False
+        plain_model.hf_quantizer = plain_model.quantization_method = None
         return plain_model

@@ -1,0 +1,198 @@
+"""`lightning-ft export`: a `fit` checkpoint as something that runs elsewhere.
+
+    lightning-ft export --ckpt PATH --output DIR [--merge] [--dtype bf16|fp16|fp32] [--quantize int8|nf4]
+                        [--format hf|onnx] [--base DIR] [--overwrite]
+
+Writes into a temp folder beside DIR and renames it into place only once everything is written and the export
+computes what the trained model computed (check.py): an interrupted or failed export leaves DIR as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentError, ArgumentParser
+from transformers import AutoConfig
+
+from lightning_ft.checkpoints import load_checkpoint_file
+from lightning_ft.errors import UserError
+from lightning_ft.export.card import model_card
+from lightning_ft.export.check import PROBE_SHAPE, TOLERANCE, compare, logits, probe_inputs
+from lightning_ft.export.hf import EXPORT_RECORD, load_exported, write_adapter, write_merged, write_quantized
+from lightning_ft.export.onnx import check_onnx, quantize_onnx, require_onnx, run_onnx, write_onnx
+from lightning_ft.files import PARTIAL_SUFFIX, replace_folder, write_json_atomically
+from lightning_ft.loading import TORCH_DTYPES, load_tokenizer
+from lightning_ft.tracking.record import RECORD_FILE, package_versions, read_record
+from lightning_ft.trained import load_trained
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ONNX_CHECK_SHAPE = (3, 11)  # another shape than the traced probe's: the graph must not have baked one in
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lightning-ft export", exit_on_error=False, description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--ckpt", type=str, required=True, help="a one-file checkpoint of `lightning-ft fit`")
+    add("--output", type=str, required=True, help="the folder to write (refused when not empty, see --overwrite)")
+    add("--merge", action="store_true", help="fold the adapter into the base: plain transformers weights")
+    add("--dtype", choices=list(DTYPES), default=None, help="weights' dtype (default: the base model's own)")
+    add("--quantize", choices=["int8", "nf4"], default=None, help="bitsandbytes int8 / nf4 (onnx: int8 only)")
+    add("--format", choices=["hf", "onnx"], default="hf", help="hf: safetensors + configs; onnx: model.onnx")
+    add("--base", type=str, default=None, help="the base model dir, when not where training read it")
+    add("--overwrite", action="store_true", help="replace a non-empty --output")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    try:
+        args = parser().parse_args(argv)
+    except ArgumentError as err:
+        raise UserError(f"export: {' '.join(str(err).split())}") from None
+    output, checkpoint = Path(args.output).expanduser().resolve(), Path(args.ckpt).expanduser().resolve()
+    check_flags(args, output, checkpoint)
+    module = load_trained(checkpoint, base=args.base)
+    method, task, source = module.method, module.hparams.task, module.hparams.model_name_or_path
+    whole = args.merge or method.saves_full_model or args.format == "onnx"
+    if args.quantize and not whole:
+        raise UserError("--quantize quantises the merged weights: add --merge (an adapter alone stays as trained)")
+    dtype = DTYPES[args.dtype or "fp32"] if args.dtype or args.format == "onnx" else base_dtype(source)
+    vocab_size = module.model.config.vocab_size
+    probes = [probe_inputs(vocab_size), probe_inputs(vocab_size, ONNX_CHECK_SHAPE, seed=1)]
+    references = [logits(module.model, task, probe) for probe in probes]
+    tolerance = max(TOLERANCE[dtype], *(TOLERANCE.get(d, 0.0) for d in computed_dtypes(module)))
+    try:
+        model = method.merge(module.model) if whole else module.model
+    except UserError as err:
+        raise UserError(f"{err}{' (--format onnx exports merged weights)' if args.format == 'onnx' else ''}") from None
+
+    saved = load_checkpoint_file(checkpoint, mmap=True)
+    fmt = "onnx" if args.format == "onnx" else "merged" if whole else "adapter"
+    record = export_record(args, output, checkpoint, saved, task, method, fmt, dtype)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=PARTIAL_SUFFIX))
+    try:
+        load_tokenizer(source).save_pretrained(staging)
+        write_json_atomically(staging / EXPORT_RECORD, record)  # load_exported reads it
+        if fmt == "onnx":
+            check = write_checked_onnx(model, task, staging, probes, args.quantize)
+            check |= compare(references[1], run_onnx(staging, probes[1]))
+            check_within(check, tolerance, strict=not args.quantize)
+            model.config.save_pretrained(staging)
+        elif fmt == "merged":
+            write_merged(model, staging, dtype)
+            if args.quantize:
+                write_quantized(staging, task, args.quantize, dtype)
+        else:
+            write_adapter(method, model, staging, DTYPES.get(args.dtype))
+        del model, module  # the reload below needs the memory
+        if fmt != "onnx":
+            check = compare(references[0], logits(load_exported(staging, base=source), task, probes[0]))
+            check_within(check, tolerance, strict=not args.quantize)
+        record["check"] = {**check, "tolerance": tolerance, "probe_shape": list(PROBE_SHAPE)}
+        write_json_atomically(staging / EXPORT_RECORD, record)
+        run = run_record(checkpoint)
+        if run:
+            write_json_atomically(staging / "training_run.json", run)
+        card = model_card(record, saved.get("hyper_parameters") or {}, run)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        make_readable(staging)
+        replace_folder(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed into place
+    quantized = f", {args.quantize}" if args.quantize else ""
+    print(
+        f"exported {fmt} ({record['dtype']}{quantized}) to {output}; against the trained model: "
+        f"max |logit diff| {check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.1%}"
+    )
+
+
+def check_flags(args, output: Path, checkpoint: Path) -> None:
+    """Refuse what cannot work before anything loads or is written."""
+    if args.format == "onnx":
+        require_onnx()
+    if args.format == "onnx" and args.quantize == "nf4":
+        raise UserError("--format onnx --quantize nf4: ONNX Runtime has no NF4; use --quantize int8")
+    if args.format == "onnx" and args.dtype not in (None, "fp32"):
+        raise UserError(f"--format onnx --dtype {args.dtype}: the ONNX export is float32 (quantise with int8)")
+    if output.is_file() and not args.overwrite:
+        raise UserError(f"--output {output} is a file: add --overwrite to replace it")
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
+        raise UserError(f"--output {output} is not empty: add --overwrite to replace it")
+    if args.overwrite and (checkpoint.is_relative_to(output) or (args.base and Path(args.base).resolve() == output)):
+        raise UserError(f"--output {output} --overwrite would delete the checkpoint or base model it exports")
+
+
+def base_dtype(source: str) -> torch.dtype:
+    """The dtype the base model was published in (its config's), float32 when it names none."""
+    dtype = getattr(AutoConfig.from_pretrained(source), "dtype", None)
+    return TORCH_DTYPES.get(str(dtype).removeprefix("torch."), torch.float32) if dtype else torch.float32
+
+
+def computed_dtypes(module) -> set[torch.dtype]:
+    """The dtypes the trained model computed in: its floating weights', and a QLoRA base's compute dtype."""
+    dtypes = {p.dtype for p in module.model.parameters() if p.is_floating_point()}
+    compute = getattr(module.method, "compute_dtype", None)
+    return dtypes | ({TORCH_DTYPES[compute]} if compute else set())
+
+
+def check_within(check: dict, tolerance: float, strict: bool) -> None:
+    if strict and not check["relative_diff"] <= tolerance:  # `not <=`: NaN fails too
+        raise UserError(
+            f"the export computes other logits than the trained model: max difference {check['relative_diff']:.2e} "
+            f"of their scale (tolerance {tolerance:.0e}); nothing was written"
+        )
+
+
+def write_checked_onnx(model, task: str, directory: Path, probes: list[dict], quantize: str | None) -> dict:
+    """model.onnx traced on the first probe, and how onnxruntime's logits compare with the exported PyTorch
+    model's (fp32) on the second, another shape; then int8 if asked, compared again."""
+    write_onnx(model, task, directory, probes[0])
+    exported = logits(model, task, probes[1])
+    check = {"onnx_vs_pytorch": check_onnx(directory, exported, probes[1], strict=True)["relative_diff"]}
+    if quantize:
+        quantize_onnx(directory)
+        check["int8_vs_pytorch"] = check_onnx(directory, exported, probes[1], strict=False)["relative_diff"]
+    return check
+
+
+def export_record(args, output: Path, checkpoint: Path, saved: dict, task, method, fmt: str, dtype) -> dict:
+    hparams = saved.get("hyper_parameters") or {}
+    versions = package_versions()
+    if fmt == "onnx":
+        versions |= {name: metadata.version(name) for name in ("onnx", "onnxruntime")}
+    return {
+        "name": output.name,
+        "format": fmt,
+        "task": task,
+        "base_model": hparams["model_name_or_path"] if args.base is None else args.base,
+        "method": {"name": type(method).__name__, "settings": dataclasses.asdict(method)},
+        "labels": hparams.get("labels"),
+        "num_labels": hparams.get("num_labels"),
+        "dtype": str(dtype).removeprefix("torch."),
+        "quantize": args.quantize,
+        "checkpoint": str(checkpoint),
+        "checkpoint_step": saved.get("global_step"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+
+
+def run_record(checkpoint: Path) -> dict | None:
+    """The run record of the run the checkpoint came from: run dir/checkpoints/X.ckpt, or run dir/hpc_ckpt_N.ckpt."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / RECORD_FILE).is_file():
+            return read_record(folder)
+    return None
+
+
+def make_readable(folder: Path) -> None:
+    """What is shipped is readable by all (mkdtemp makes a private folder; save_pretrained writes mode 600)."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)

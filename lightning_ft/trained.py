@@ -1,0 +1,34 @@
+"""A fine-tuned model back from a `lightning-ft fit` checkpoint, for the commands that take one (eval, export).
+
+One clear error for each way this goes wrong: the file is missing, cut short or unsafe (checkpoints.py), it is not
+a lightning-ft checkpoint, its base model is no longer where training read it, or the base found there is another
+model than the one it was trained on (FineTuneModule.on_load_checkpoint compares their configs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_ft.checkpoints import load_checkpoint_file
+from lightning_ft.errors import UserError
+from lightning_ft.loading import check_source
+from lightning_ft.module import FineTuneModule
+
+
+def load_trained(checkpoint: str | Path, base: str | None = None, **overrides) -> FineTuneModule:
+    """The module of a one-file checkpoint on the CPU, its base model read from `base` when given (the base has
+    moved, or lives elsewhere on this machine), else from where training read it; `overrides` replace
+    hyperparameters (e.g. dtype)."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path} is a sharded checkpoint folder: make it one file with `lightning-ft consolidate`")
+    settings = load_checkpoint_file(path, mmap=True).get("hyper_parameters") or {}
+    if "model_name_or_path" not in settings:
+        raise UserError(f"{path}: not a lightning-ft checkpoint (no model_name_or_path in its hyperparameters)")
+    source = base or settings["model_name_or_path"]
+    try:
+        check_source(source)
+    except UserError:
+        flag = "--base" if base else "the checkpoint's base model"
+        raise UserError(f"{flag} {source}: no such directory (moved? pass --base DIR)") from None
+    return FineTuneModule.load_from_checkpoint(path, map_location="cpu", model_name_or_path=source, **overrides)
