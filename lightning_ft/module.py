@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_ft.checkpoints import check_checkpoint
+from lightning_ft.distillation import Distillation, DistillationTerms, distillation_loss, label_logits, load_teacher
 from lightning_ft.distributed import shard_transformer_blocks, transformer_block_names
 from lightning_ft.errors import UserError
 from lightning_ft.loading import DType, Task, check_source, load_model, load_tokenizer
@@ -38,6 +39,8 @@ class FineTuneModule(LightningModule):
         trust_remote_code: allow the model directory to run its own Python code. Only for sources you trust.
         compile: compile each transformer block with torch.compile (one compilation serves every block): about a
             minute up front, so only long runs can gain (BENCHMARKS.md: slower end to end on 110 CPU steps).
+        distillation: also train on a frozen teacher's soft predictions (see distillation.py); the training loss
+            mixes both, val_loss stays the plain cross-entropy and val_kd is the KL to the teacher at temperature 1.
         optim: optimizer and learning-rate schedule.
     """
 
@@ -52,6 +55,7 @@ class FineTuneModule(LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         compile: bool = False,
+        distillation: Distillation | None = None,
         optim: Optim = Optim(),
     ) -> None:
         super().__init__()
@@ -65,6 +69,12 @@ class FineTuneModule(LightningModule):
                 "install g++, or leave compile off"
             )
         self.optim = optim
+        self.distillation = distillation
+        if distillation is not None:
+            distillation.check()
+        # In a tuple, so the teacher is no submodule: it stays out of state_dict, checkpoints, parameter counts, the
+        # optimizer and train()/eval() switches, and does not move with .to() (distillation_terms moves it).
+        self._teacher: tuple[nn.Module, ...] = ()
         self.model = None  # built in configure_model, so sharded strategies can build it in place
         # Adapter checkpoints hold only the trained weights (on_load_checkpoint checks they are all there); sharded
         # strategies load checkpoints through this flag, the others through load_state_dict below.
@@ -73,6 +83,7 @@ class FineTuneModule(LightningModule):
         self._last_batch_tokens = 0
         self.parameter_counts: tuple[int, int] | None = None  # (trainable, total), counted when fitting starts
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.eval_kd = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})  # with distillation only
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> FineTuneModule:
@@ -111,6 +122,17 @@ class FineTuneModule(LightningModule):
             for module in self.model.modules():
                 if type(module).__name__ in blocks:
                     module.compile()
+        if self.distillation is not None:
+            bf16_compute = self._trainer is not None and str(self.trainer.precision).startswith("bf16")
+            teacher = load_teacher(
+                self.distillation,
+                self.model,
+                tokenizer,
+                h.task,
+                dtype="bfloat16" if bf16_compute else "float32",
+                trust_remote_code=h.trust_remote_code,
+            )
+            self._teacher = (teacher,)
 
     def default_dtype(self) -> str:
         bf16_compute = self._trainer is not None and str(self.trainer.precision).startswith("bf16")
@@ -159,9 +181,31 @@ class FineTuneModule(LightningModule):
         trainable, total = self.parameter_counts
         return (4 * total + 2 * trainable) * self._last_batch_tokens
 
+    def distillation_terms(self, batch: dict, temperature: float) -> tuple[torch.Tensor, DistillationTerms]:
+        """The student's logits where there are labels, and the distillation loss terms against the teacher's.
+
+        The student's logits come from the hidden states at label positions when its method allows (loss.py's
+        rule): the KL needs the full distribution there, but not at the positions without labels.
+        """
+        inputs, task = self.model_inputs(**batch), self.hparams.task
+        student, labels = label_logits(self.model, inputs, batch["labels"], task, self.method.hidden_state_loss)
+        teacher = self._teacher[0]
+        if teacher.device != self.device:  # not a submodule, so it follows the module here (fit, validate, test)
+            teacher.to(self.device)
+        with torch.no_grad():  # in the step's autocast, like the student
+            teacher_logits, _ = label_logits(teacher, inputs, batch["labels"], task, hidden_states=True)
+        return student, distillation_loss(student, teacher_logits, labels, temperature, self.distillation.alpha)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._last_batch_tokens = int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
-        loss, count = self.loss(batch)
+        if self.distillation is None:
+            loss, count = self.loss(batch)
+        else:
+            _, terms = self.distillation_terms(batch, self.distillation.temperature)
+            count = terms.count
+            loss = terms.loss / max(count, 1)
+            self.log("train_kd_loss", terms.kd / max(count, 1), batch_size=count)
+            self.log("train_ce_loss", terms.ce / max(count, 1), batch_size=count)
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
         if "step_terms" not in batch:
             return loss
@@ -179,6 +223,14 @@ class FineTuneModule(LightningModule):
 
     def _eval_step(self, batch: dict, stage: str) -> dict:
         """Accumulate the loss weighted by label tokens (examples); return predictions for metric callbacks."""
+        if self.distillation is not None:  # the KL as it is (temperature 1) next to the plain cross-entropy
+            logits, terms = self.distillation_terms(batch, temperature=1.0)
+            count = max(terms.count, 1)
+            self.eval_loss[stage].update(terms.ce.detach() / count, terms.count)
+            self.eval_kd[stage].update(terms.kd.detach() / count, terms.count)
+            if self.hparams.task != "sequence_classification":
+                return {"loss": terms.ce / count}
+            return {"loss": terms.ce / count, "preds": logits.argmax(-1), "target": batch["labels"]}
         if self.hparams.task != "sequence_classification":
             loss, count = self.loss(batch)
             self.eval_loss[stage].update(loss.detach(), count)
@@ -204,6 +256,9 @@ class FineTuneModule(LightningModule):
         self.log(f"{stage}_loss", loss, prog_bar=True)
         if self.hparams.task == "causal_lm":
             self.log(f"{stage}_perplexity", loss.exp())  # exp of the mean token negative log-likelihood
+        if self.eval_kd[stage].update_count:
+            self.log(f"{stage}_kd", self.eval_kd[stage].compute())
+            self.eval_kd[stage].reset()
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim)
