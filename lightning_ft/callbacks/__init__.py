@@ -8,12 +8,14 @@ from lightning_ft.callbacks.guard import NonFiniteLoss, StepGuard
 from lightning_ft.callbacks.preemption import Preempted, Preemption
 from lightning_ft.callbacks.progress import LogLines, RichProgress, progress_bar
 from lightning_ft.callbacks.run_record import RunRecord
+from lightning_ft.callbacks.sparsity import KeepSparsity
 from lightning_ft.callbacks.throughput import Throughput
 
 __all__ = [
     "Checkpoint",
     "ClassificationMetrics",
     "GenerationMetrics",
+    "KeepSparsity",
     "LogLines",
     "NonFiniteLoss",
     "Preempted",

@@ -1,5 +1,5 @@
 """`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
-slurm, consolidate, compare, sweep, lr-find, batch-size-find, export.
+slurm, consolidate, compare, sweep, lr-find, batch-size-find, export, prune.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -22,6 +22,7 @@ from lightning_ft.cli.commands import (
     cv_command,
     data_command,
     lr_find_command,
+    prune_command,
     slurm_command,
     sweep_command,
 )
@@ -52,6 +53,7 @@ COMMANDS = {
     "lr-find": lr_find_command,
     "batch-size-find": batch_size_find_command,
     "export": export_command.main,
+    "prune": prune_command,
 }
 
 

@@ -1,5 +1,5 @@
 """The commands beyond fit / validate / test / predict that build on a fit configuration: data, cv, slurm, sweep,
-lr-find, batch-size-find."""
+lr-find, batch-size-find, prune."""
 
 from __future__ import annotations
 
@@ -7,23 +7,29 @@ import dataclasses
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.tuner import Tuner
 from rich.console import Console
 from rich.table import Table
 
-from lightning_ft.callbacks import RestoreBestWeights, RunRecord
+from lightning_ft.callbacks import ClassificationMetrics, RestoreBestWeights, RunRecord
 from lightning_ft.cli.lightning import ConfigCLI, DataCLI, FineTuneCLI, explain, resume_point
 from lightning_ft.data.report import print_report
 from lightning_ft.distributed import slurm
 from lightning_ft.distributed.presets import check_strategy
 from lightning_ft.errors import UserError
-from lightning_ft.files import write_json_atomically
+from lightning_ft.files import partial_path, remove_path, replace_folder, write_json_atomically
+from lightning_ft.loading import load_tokenizer
+from lightning_ft.methods import Full
+from lightning_ft.module import FineTuneModule
+from lightning_ft.pruning import check_request, head_count_reloads, prune_model, sparsity_report, units_to_remove
 from lightning_ft.tracking import compare, sweep
+from lightning_ft.trained import load_trained
 
 
 def pop_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
@@ -208,3 +214,98 @@ def batch_size_find_command(argv: list[str]) -> None:
         cli.model, datamodule=cli.datamodule, mode="power", init_val=start, **settings
     )
     print(f"largest batch size that fitted: {found} (started at {start}; --data.batch_size {found})")
+
+
+PRUNE_USAGE = "--kind unstructured|heads|neurons --amount 0.5 --output DIR [--ckpt PATH]"
+# One process on one device (pruning and saving happen once), no logger: prune is no training run.
+PRUNE_TRAINER_FLAGS = ("--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.logger", "false")
+
+
+def prune_command(argv: list[str]) -> None:
+    """lightning-ft prune --config X.yaml [fit flags] --kind unstructured|heads|neurons --amount 0.5 --output DIR
+    [--ckpt PATH]
+
+    Magnitude pruning of the fit configuration's model (or of a fine-tuned --ckpt, its adapter merged first): the
+    validation metrics before and after, then the pruned model as a Hugging Face folder in --output (a new or
+    empty folder) with `prune_report.json`. The metrics are val_loss (and perplexity) or the classification
+    metrics; generated samples are not scored here. Runs on one device; the run dir is not touched.
+    """
+    kind, argv = pop_option(argv, "--kind")
+    amount, argv = pop_option(argv, "--amount")
+    output, argv = pop_option(argv, "--output")
+    ckpt, argv = pop_option(argv, "--ckpt")
+    for flag, value in (("--kind", kind), ("--amount", amount), ("--output", output)):
+        if value is None:
+            raise UserError(f"{flag} is required: lightning-ft prune --config X.yaml {PRUNE_USAGE}")
+    try:
+        fraction = float(amount)
+    except ValueError:
+        raise UserError(f"--amount {amount}: the fraction to prune, a number between 0 and 1") from None
+    check_request(kind, fraction)
+    output_dir = Path(output)
+    if output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
+        raise UserError(f"--output {output}: exists and is not an empty folder (nothing is overwritten)")
+    with tempfile.TemporaryDirectory(prefix="lightning-ft-prune-") as scratch:  # what validation writes (reports)
+        cli = DataCLI(args=["fit", *argv, *PRUNE_TRAINER_FLAGS, "--trainer.default_root_dir", scratch])
+        cli.trainer.callbacks = [c for c in cli.trainer.callbacks if isinstance(c, ClassificationMetrics | ProgressBar)]
+        module = load_trained(ckpt, distillation=None) if ckpt else cli.model
+        if module.hparams.task != cli.model.hparams.task:
+            raise UserError(
+                f"--ckpt {ckpt} holds a {module.hparams.task} model; the config's task is {cli.model.hparams.task}"
+            )
+        module.configure_model()
+        module.model = module.method.merge(module.model)  # adapters fold into the weights; Full's model stays
+        module.method = Full()
+        if kind != "unstructured":
+            units_to_remove(module.model, kind, fraction)  # whole heads or neurons: refuse an amount of none or all
+        if kind == "heads" and not head_count_reloads(module.model):
+            raise UserError(
+                "--kind heads: in transformers 5 this model's attention (BERT family) takes its head size from "
+                "hidden_size / num_attention_heads, so it could not reload with fewer heads; use --kind neurons"
+            )
+        before = {"metrics": validation_metrics(cli, module), **sparsity_report(module.model)}
+        prune_model(module.model, kind, fraction)
+        after = {"metrics": validation_metrics(cli, module), **sparsity_report(module.model)}
+    source = ckpt or module.hparams.model_name_or_path
+    del before["layers"]  # every layer's count matters after pruning only
+    report = {"kind": kind, "amount": fraction, "source": str(source), "before": before, "after": after}
+    tokenizer = load_tokenizer(module.hparams.model_name_or_path, module.hparams.trust_remote_code)
+    save_pruned(module.model, tokenizer, report, output_dir)
+    print_prune_report(report, output_dir)
+
+
+def validation_metrics(cli: DataCLI, module: FineTuneModule) -> dict[str, float]:
+    results = cli.trainer.validate(module, datamodule=cli.datamodule, verbose=False)
+    if not results or not results[0]:
+        raise UserError(
+            "prune compares validation metrics before and after: set --data.val_path (or --data.split.val_fraction)"
+        )
+    return {name: float(value) for name, value in sorted(results[0].items())}
+
+
+def save_pruned(model, tokenizer, report: dict, output: Path) -> None:
+    """The model (save_pretrained), its tokenizer and the report, written into a hidden folder next to `output`
+    that becomes `output` only once complete."""
+    staging = partial_path(output)
+    remove_path(staging)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json_atomically(staging / "prune_report.json", report)
+        replace_folder(staging, output)
+    finally:
+        remove_path(staging)
+    print(f"pruned model: {output}")
+
+
+def print_prune_report(report: dict, output: Path) -> None:
+    before, after = report["before"], report["after"]
+    table = Table(title=f"{report['kind']} pruning, amount {report['amount']:g}")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_row("parameters", f"{before['parameters']:,}", f"{after['parameters']:,}")
+    table.add_row("zeros in block Linear weights", f"{before['sparsity']:.2%}", f"{after['sparsity']:.2%}")
+    for name, value in before["metrics"].items():
+        table.add_row(name, f"{value:.4f}", f"{after['metrics'].get(name, float('nan')):.4f}")
+    Console().print(table)
+    print(f"report: {output / 'prune_report.json'}")
