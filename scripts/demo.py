@@ -3,8 +3,8 @@
 No model hub is reachable here, so the demo makes its own base model: a tiny Llama built from a config with a
 BPE tokenizer trained on the task's text, first taught (full fine-tuning) to *repeat* short word lists. The
 demo then teaches it, with LoRA, to *reverse* them, and scores exact match on held-out lists before and after.
-Both stages are the ordinary command line; with a real model the same lines take
-`--model.model_name_or_path meta-llama/Llama-3.2-1B`.
+Both stages, and the export of the result as a plain transformers model, are the ordinary command line; with a
+real model the same lines take `--model.model_name_or_path meta-llama/Llama-3.2-1B`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import WORDS, build_tiny_llama
 
-from lightning_ft import FineTuneModule
 from lightning_ft.data.formats import Instruction
 from lightning_ft.loading import load_tokenizer
 
@@ -131,12 +131,12 @@ def main() -> None:
         "1e-3",
         *common,
     )
-    base = FineTuneModule.load_from_checkpoint(run_root / "base/checkpoints/last.ckpt")
     base_dir = run_root / "base_model"
-    base.method.merge(base.model).save_pretrained(base_dir)
-    tokenizer = load_tokenizer(str(random_model))
-    tokenizer.save_pretrained(base_dir)
-    before, before_rows = exact_match(base.model, tokenizer, data["reverse_heldout"])
+    lightning_ft("export", "--ckpt", str(run_root / "base/checkpoints/last.ckpt"), "--output", str(base_dir))
+    tokenizer = load_tokenizer(str(base_dir))
+    before, before_rows = exact_match(
+        AutoModelForCausalLM.from_pretrained(base_dir), tokenizer, data["reverse_heldout"]
+    )
 
     console.rule("stage 2: LoRA teaches the base to reverse them")
     lightning_ft(
@@ -165,8 +165,10 @@ def main() -> None:
         "600",
         *common,
     )
-    tuned = FineTuneModule.load_from_checkpoint(run_root / "lora/checkpoints/last.ckpt")
-    after, after_rows = exact_match(tuned.model, tokenizer, data["reverse_heldout"])
+    console.rule("stage 3: export the LoRA merged into the base: a plain transformers model")
+    exported = run_root / "exported"
+    lightning_ft("export", "--ckpt", str(run_root / "lora/checkpoints/last.ckpt"), "--output", str(exported), "--merge")
+    after, after_rows = exact_match(AutoModelForCausalLM.from_pretrained(exported), tokenizer, data["reverse_heldout"])
 
     table = Table(title="held-out prompts: 'Reverse the order of the words.'")
     for column in ("input", "expected", "base model", "after LoRA"):
@@ -176,6 +178,7 @@ def main() -> None:
     console.print(table)
     console.print(f"exact match on {len(after_rows)} held-out lists: before {before:.1%} -> after {after:.1%}")
     console.print(f"run: {run_root / 'lora'} (config.yaml, checkpoints/last.ckpt = the LoRA adapter only)")
+    console.print(f"export: {exported} (merged safetensors + tokenizer + model card; scored above)")
     console.print(f"demo took {time.time() - start:.0f} s")
     if after <= before:
         sys.exit("error: the demo fine-tune did not improve exact match")
