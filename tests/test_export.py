@@ -215,6 +215,9 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tiny_model, data_dir,
     torch.save(saved, moved)
     checkpoint = moved
     assert f"the checkpoint's base model {tmp_path / 'gone'}: no such directory (moved? pass --base DIR)" in refused()
+    checkpoint = tmp_path / "foreign.ckpt"  # a checkpoint from elsewhere: weights, no lightning-ft settings
+    torch.save({"state_dict": {"weight": torch.zeros(2)}, "global_step": 1}, checkpoint)
+    assert "not a lightning-ft checkpoint (no model_name_or_path in its hyperparameters)" in refused()
     checkpoint = trained("lora")
     torn = tmp_path / "torn.ckpt"
     torn.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
