@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -48,9 +49,10 @@ def write_onnx(model: nn.Module, task: str, directory: Path, probe: dict[str, to
     wrapper = Logits(model.float(), task).eval()
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
-        # Its progress lines, and warnings about its own internals (axis renaming, pytree deprecations), would drown
-        # the result; failures still raise.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # Its progress lines, and warnings about its own internals (axis renaming, pytree deprecations, torchvision
+        # operators it cannot register), would drown the result; failures still raise.
+        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), quiet(registration):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,
@@ -65,6 +67,16 @@ def write_onnx(model: nn.Module, task: str, directory: Path, probe: dict[str, to
     except Exception as err:  # torch.export's reasons run long; the first line names the construct
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"--format onnx: this model does not trace to ONNX ({first})") from err
+
+
+@contextlib.contextmanager
+def quiet(logger: logging.Logger):
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def quantize_onnx(directory: Path) -> None:
