@@ -1,4 +1,5 @@
-"""A fine-tuned model back from a `lightning-ft fit` checkpoint, for the commands that take one (eval, export).
+"""A fine-tuned model back from a `lightning-ft fit` checkpoint, for the commands that take one (eval,
+bench-inference, export, prune).
 
 One clear error for each way this goes wrong: the file is missing, cut short or unsafe (checkpoints.py), it is not
 a lightning-ft checkpoint, its base model is no longer where training read it, or the base found there is another
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from lightning_ft.checkpoints import load_checkpoint_file
 from lightning_ft.errors import UserError
-from lightning_ft.loading import check_source
+from lightning_ft.loading import DType, check_source, load_model, load_tokenizer
 from lightning_ft.module import FineTuneModule
 
 
@@ -34,3 +35,24 @@ def load_trained(checkpoint: str | Path, base: str | None = None, **overrides) -
     # A distilled model is used without its teacher: its directory need not be there any more.
     settings = {"model_name_or_path": source, "distillation": None, **overrides}
     return FineTuneModule.load_from_checkpoint(path, map_location="cpu", **settings)
+
+
+def load_causal_lm(model: str, dtype: DType = "auto"):
+    """(model, tokenizer) for inference from `--model`: a Hugging Face model dir, or a `lightning-ft fit` checkpoint
+    (its base model plus adapter, merged into plain weights when the method can merge, else with the adapter in
+    place)."""
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return load_model(str(path), "causal_lm", dtype=dtype).eval(), load_tokenizer(str(path))
+    if not (path.is_file() and path.suffix == ".ckpt"):
+        raise UserError(f"--model: {model} is neither a model directory (with config.json) nor a .ckpt file")
+    module = load_trained(path)
+    hparams = module.hparams
+    if hparams.task != "causal_lm":
+        raise UserError(f"--model: {path} holds a {hparams.task} model; this needs a causal LM")
+    tokenizer = load_tokenizer(hparams.model_name_or_path, hparams.trust_remote_code)
+    try:
+        merged = module.method.merge(module.model)
+    except UserError:  # prefix tuning, bottleneck adapters: run with the adapter in place
+        merged = module.model
+    return merged.eval(), tokenizer

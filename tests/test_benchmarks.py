@@ -18,7 +18,8 @@ from lm_eval.api.model import LM
 
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation import sandbox
-from lightning_ft.evaluation.benchmarks import TASKS, evaluate, load_for_eval, main, pass_at_k
+from lightning_ft.evaluation.benchmarks import TASKS, evaluate, main, pass_at_k
+from lightning_ft.trained import load_causal_lm
 
 MMLU = {  # subject -> (question, choices, gold index); gold letters balanced, so always-"A" scores exactly 25%
     "toy_math": [
@@ -266,14 +267,14 @@ def test_tiny_model_end_to_end_with_output_and_baseline(tiny_model, bench, tmp_p
     assert f"{hellaswag_acc - 0.5:+.4f}" in printed
 
 
-def test_load_for_eval_merges_a_lora_checkpoint_from_fit(cli, fit_args, tmp_path):
+def test_load_causal_lm_merges_a_lora_checkpoint_from_fit(cli, fit_args, tmp_path):
     from lightning_ft.module import FineTuneModule
 
     assert cli(fit_args("--model.method", "LoRA", "--model.method.r", "4", run_dir=tmp_path / "run")) == 0
     checkpoint = tmp_path / "run/checkpoints/last.ckpt"
     adapter = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained: merging changes weights
-    model, tokenizer = load_for_eval(str(checkpoint))
+    model, tokenizer = load_causal_lm(str(checkpoint))
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged into plain weights
     trained = FineTuneModule.load_from_checkpoint(checkpoint).model.eval()  # base + adapter, unmerged
     ids = tokenizer("red cat blue dog", return_tensors="pt").input_ids

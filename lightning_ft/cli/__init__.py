@@ -1,5 +1,5 @@
 """`lightning-ft <subcommand>`: fit / validate / test / predict through LightningCLI; data, cv, eval, human-eval,
-slurm, consolidate, compare, sweep, lr-find, batch-size-find, export, prune.
+bench-inference, slurm, consolidate, compare, sweep, lr-find, batch-size-find, export, prune.
 
 User mistakes end as one `error: ...` line on stderr and exit status 2; `--debug` (or LIGHTNING_FT_DEBUG=1)
 shows the traceback instead.
@@ -46,6 +46,7 @@ COMMANDS = {
     "cv": cv_command,
     "eval": evaluation_command("benchmarks"),
     "human-eval": evaluation_command("human"),
+    "bench-inference": evaluation_command("inference"),
     "slurm": slurm_command,
     "consolidate": consolidate.main,
     "compare": compare.main,

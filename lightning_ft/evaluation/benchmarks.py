@@ -43,7 +43,7 @@ from lightning_ft.evaluation.benchmark_files import (
     read_truthfulqa,
 )
 from lightning_ft.files import write_json_atomically
-from lightning_ft.loading import DType, load_model, load_tokenizer
+from lightning_ft.trained import load_causal_lm
 
 try:  # the optional `eval` extra
     from lm_eval import simple_evaluate
@@ -330,28 +330,6 @@ def evaluate(
 # ------------------------------------------------------------------------------------------- model and CLI
 
 
-def load_for_eval(model: str, dtype: DType = "auto"):
-    """(model, tokenizer) from a Hugging Face model dir, or from a `lightning-ft fit` checkpoint: its base model plus
-    adapter, merged into plain weights when the method can merge (else the adapter model as it is)."""
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return load_model(str(path), "causal_lm", dtype=dtype).eval(), load_tokenizer(str(path))
-    if not (path.is_file() and path.suffix == ".ckpt"):
-        raise UserError(f"--model: {model} is neither a model directory (with config.json) nor a .ckpt file")
-    from lightning_ft.trained import load_trained  # Lightning only for checkpoints
-
-    module = load_trained(path)
-    hparams = module.hparams
-    if hparams.task != "causal_lm":
-        raise UserError(f"--model: {path} holds a {hparams.task} model; eval needs a causal LM")
-    tokenizer = load_tokenizer(hparams.model_name_or_path, hparams.trust_remote_code)
-    try:
-        merged = module.method.merge(module.model)
-    except UserError:  # prefix tuning, bottleneck adapters: evaluate with the adapter in place
-        merged = module.model
-    return merged.eval(), tokenizer
-
-
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="lightning-ft eval", exit_on_error=False, description=__doc__.splitlines()[0])
     add = parser.add_argument
@@ -437,7 +415,7 @@ def main(argv: list[str]) -> None:
     # bars for our small JSONL files, would drown the table.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     datasets.disable_progress_bars()
-    model, tokenizer = load_for_eval(args.model, args.dtype)
+    model, tokenizer = load_causal_lm(args.model, args.dtype)
     lm = HFLM(pretrained=model.to(device), tokenizer=tokenizer, batch_size=args.batch_size)
     options = {name: getattr(args, name) for name in ("limit", "num_fewshot", "allow_code_execution", "num_samples")}
     options |= {name: getattr(args, name) for name in ("max_new_tokens", "temperature", "timeout")}
