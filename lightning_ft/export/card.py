@@ -93,15 +93,14 @@ def loading_code(record: dict) -> str:
 def training_facts(run: dict) -> dict:
     trainer = ((run.get("config") or {}).get("trainer")) or {}
     progress = run.get("progress") or {}
+    hardware = run.get("hardware") or {}
     return {
         "status": run.get("status"),
         "global step": progress.get("global_step"),
         "epoch": progress.get("epoch"),
         "precision": trainer.get("precision"),
         "seed": run.get("seed"),
-        "hardware": ", ".join(filter(None, [(run.get("hardware") or {}).get("cpu"), *run["hardware"].get("gpus", [])]))
-        if run.get("hardware")
-        else None,
+        "hardware": ", ".join(filter(None, [hardware.get("cpu"), *hardware.get("gpus", [])])) or None,
         "code": (run.get("git") or {}).get("commit"),
         "started": run.get("started_at"),
     }
