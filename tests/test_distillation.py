@@ -20,6 +20,7 @@ from lightning_ft.distillation import Distillation, distillation_loss, label_log
 from lightning_ft.errors import UserError
 from lightning_ft.methods import count_parameters
 from lightning_ft.optim import Optim
+from lightning_ft.trained import load_trained
 
 
 def save_teacher(model, tiny_model: Path, out: Path) -> Path:
@@ -168,6 +169,10 @@ def test_the_recipe_fits_logs_both_losses_and_checkpoints_only_the_student(cli, 
     assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])
     restored = FineTuneModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert restored.distillation == Distillation(str(lm_teacher), temperature=2.0, alpha=0.7)
+    # Using the student (eval, export) needs no teacher: it is not even loaded.
+    student = load_trained(run_dir / "checkpoints" / "last.ckpt")
+    assert student.distillation is None and student._teacher == ()
+    assert cli(["export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--output", str(tmp_path / "out")]) == 0
 
 
 def test_bad_settings_and_mismatched_teachers_are_refused(cli, fit_args, capsys, tiny_model, data_dir, tmp_path):
