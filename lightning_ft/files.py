@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from lightning_ft.errors import UserError
+
 PARTIAL_SUFFIX = ".partial"  # what a write in progress is called; a crash can leave one behind
 
 
@@ -53,6 +55,18 @@ def fsync_path(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def output_file(path: str, flag: str = "--output") -> Path:
+    """A results file a command will write at the end, checked (and its folder made) before any long work starts."""
+    output = Path(path)
+    if output.is_dir():
+        raise UserError(f"{flag}: {output} is a directory; give a file name")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag}: cannot create {output.parent}: {err.strerror or err}") from None
+    return output
 
 
 def write_json_atomically(path: Path, data) -> None:

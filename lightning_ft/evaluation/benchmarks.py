@@ -42,7 +42,7 @@ from lightning_ft.evaluation.benchmark_files import (
     read_mmlu,
     read_truthfulqa,
 )
-from lightning_ft.files import write_json_atomically
+from lightning_ft.files import output_file, write_json_atomically
 from lightning_ft.trained import load_causal_lm
 
 try:  # the optional `eval` extra
@@ -396,14 +396,7 @@ def main(argv: list[str]) -> None:
     data_dir = Path(args.data_dir).expanduser()
     plan(tasks, data_dir, allow_code_execution=args.allow_code_execution)  # fail before loading the model
     baseline = _read_baseline(args.baseline) if args.baseline else None
-    output = Path(args.output) if args.output else None
-    if output is not None:
-        if output.is_dir():
-            raise UserError(f"--output: {output} is a directory; give a file name")
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"--output: cannot create {output.parent}: {err.strerror or err}") from None
+    output = output_file(args.output) if args.output else None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")

@@ -25,7 +25,7 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from lightning_ft.errors import UserError
-from lightning_ft.files import write_json_atomically
+from lightning_ft.files import output_file, write_json_atomically
 from lightning_ft.loading import TORCH_DTYPES
 from lightning_ft.trained import load_causal_lm
 
@@ -221,13 +221,7 @@ def _check(args) -> None:
     if args.quantize == "int8" and args.dtype in ("bfloat16", "float16"):
         raise UserError(f"--quantize int8 computes in float32 between int8 matmuls: drop --dtype {args.dtype}")
     if args.output:
-        output = Path(args.output)
-        if output.is_dir():
-            raise UserError(f"--output: {output} is a directory; give a file name")
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"--output: cannot create {output.parent}: {err.strerror or err}") from None
+        output_file(args.output)
 
 
 def _milliseconds(seconds: float) -> str:
