@@ -1,9 +1,9 @@
 """ONNX: the model's forward (token ids + attention mask -> logits) as `model.onnx`, checked in onnxruntime.
 
 Exported with torch's own exporter (torch.export, then onnxscript), with the batch and sequence dimensions left
-dynamic; optimum's exporter does not follow transformers 5 yet. A causal LM is exported without KV-cache inputs:
-the file scores and classifies, and generates by re-running the whole prefix per token (for cached decoding on
-ONNX Runtime, use its GenAI builder on the merged export).
+dynamic; optimum's exporter (optimum-onnx 0.1.0) pins transformers < 4.58. A causal LM is exported without KV-cache
+inputs: the file scores and classifies, and generates by re-running the whole prefix per token (for cached
+decoding, serve the merged export, or build a decoder from it with onnxruntime-genai's model builder; not tried here).
 """
 
 from __future__ import annotations
