@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -87,6 +88,21 @@ def replace_folder(staging: Path, path: Path) -> None:
     os.replace(staging, path)
     fsync_path(path.parent)
     remove_path(aside)
+
+
+@contextlib.contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """A hidden folder next to `path` to write a whole folder into: it replaces `path` (replace_folder) when the
+    block ends, and is removed when the block raises, so `path` is the old folder or the whole new one. Made with
+    mkdir, so it takes the umask's mode (mkdtemp's would be private)."""
+    staging = partial_path(path)
+    remove_path(staging)  # what a killed attempt of this process id left
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        replace_folder(staging, path)
+    finally:
+        remove_path(staging)
 
 
 def remove_path(path: Path) -> None:

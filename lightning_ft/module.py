@@ -123,20 +123,23 @@ class FineTuneModule(LightningModule):
                 if type(module).__name__ in blocks:
                     module.compile()
         if self.distillation is not None:
-            bf16_compute = self._trainer is not None and str(self.trainer.precision).startswith("bf16")
             teacher = load_teacher(
                 self.distillation,
                 self.model,
                 tokenizer,
                 h.task,
-                dtype="bfloat16" if bf16_compute else "float32",
+                dtype="bfloat16" if self.bf16_compute else "float32",  # frozen: no fp32 updates to keep
                 trust_remote_code=h.trust_remote_code,
             )
             self._teacher = (teacher,)
 
     def default_dtype(self) -> str:
-        bf16_compute = self._trainer is not None and str(self.trainer.precision).startswith("bf16")
-        return "bfloat16" if bf16_compute and not self.method.saves_full_model else "float32"
+        return "bfloat16" if self.bf16_compute and not self.method.saves_full_model else "float32"
+
+    @property
+    def bf16_compute(self) -> bool:
+        """Whether the trainer computes in bf16 (then frozen weights need not be stored in more)."""
+        return self._trainer is not None and str(self.trainer.precision).startswith("bf16")
 
     # -- training -------------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from lightning_ft.data.report import print_report
 from lightning_ft.distributed import slurm
 from lightning_ft.distributed.presets import check_strategy
 from lightning_ft.errors import UserError
-from lightning_ft.files import partial_path, remove_path, replace_folder, write_json_atomically
+from lightning_ft.files import staged_folder, write_json_atomically
 from lightning_ft.loading import load_tokenizer
 from lightning_ft.methods import Full
 from lightning_ft.module import FineTuneModule
@@ -286,15 +286,10 @@ def validation_metrics(cli: DataCLI, module: FineTuneModule) -> dict[str, float]
 def save_pruned(model, tokenizer, report: dict, output: Path) -> None:
     """The model (save_pretrained), its tokenizer and the report, written into a hidden folder next to `output`
     that becomes `output` only once complete."""
-    staging = partial_path(output)
-    remove_path(staging)
-    try:
+    with staged_folder(output) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json_atomically(staging / "prune_report.json", report)
-        replace_folder(staging, output)
-    finally:
-        remove_path(staging)
     print(f"pruned model: {output}")
 
 

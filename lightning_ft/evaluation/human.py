@@ -19,12 +19,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
 import re
-import shutil
 import string
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,7 @@ from lightning_ft.evaluation.agreement import (
     nanmean,
     win_rates,
 )
-from lightning_ft.files import write_json_atomically
+from lightning_ft.files import staged_folder, write_json_atomically
 
 SCALES = ("relevance", "coherence", "fluency", "factuality", "helpfulness")  # each scored 1-5
 COLUMNS = ("item_id", "prompt", "label", "output", *SCALES, "comment")
@@ -222,10 +219,7 @@ def export_sheet(outputs: dict[str, Path], n: int, seed: int, out: Path, annotat
         "items": items,
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"  # mkdir, not mkdtemp: keeps the umask's mode
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         rows = [row for group in groups for row in group]
         _write_csv(staging / "sheet.csv", rows)
         jsonl_rows = [row | {scale: None for scale in SCALES} for row in rows]
@@ -235,10 +229,6 @@ def export_sheet(outputs: dict[str, Path], n: int, seed: int, out: Path, annotat
                 _write_csv(staging / f"sheet_{copy}.csv", [row for i in order for row in groups[i]])
         (staging / "key.json").write_text(json.dumps(key_data, indent=2), encoding="utf-8")
         _write_readme(staging / "README.txt", annotators)
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------- report

@@ -10,8 +10,6 @@ computes what the trained model computed (check.py): an interrupted or failed ex
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +24,7 @@ from lightning_ft.export.card import model_card
 from lightning_ft.export.check import PROBE_SHAPE, TOLERANCE, compare, logits, probe_inputs
 from lightning_ft.export.hf import EXPORT_RECORD, load_exported, write_adapter, write_merged, write_quantized
 from lightning_ft.export.onnx import check_onnx, quantize_onnx, require_onnx, run_onnx, write_onnx
-from lightning_ft.files import PARTIAL_SUFFIX, replace_folder, write_json_atomically
+from lightning_ft.files import staged_folder, write_json_atomically
 from lightning_ft.loading import TORCH_DTYPES, load_tokenizer
 from lightning_ft.tracking.record import RECORD_FILE, package_versions, read_record
 from lightning_ft.trained import load_trained
@@ -73,10 +71,8 @@ def main(argv: list[str]) -> None:
 
     saved = load_checkpoint_file(checkpoint, mmap=True)
     fmt = "onnx" if args.format == "onnx" else "merged" if whole else "adapter"
-    record = export_record(args, output, checkpoint, saved, task, method, fmt, dtype)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=PARTIAL_SUFFIX))
-    try:
+    record = export_record(args, output, checkpoint, saved, source, task, method, fmt, dtype)
+    with staged_folder(output) as staging:
         load_tokenizer(source).save_pretrained(staging)
         write_json_atomically(staging / EXPORT_RECORD, record)  # load_exported reads it
         if fmt == "onnx":
@@ -102,9 +98,6 @@ def main(argv: list[str]) -> None:
         card = model_card(record, saved.get("hyper_parameters") or {}, run)
         (staging / "README.md").write_text(card, encoding="utf-8")
         make_readable(staging)
-        replace_folder(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed into place
     quantized = f", {args.quantize}" if args.quantize else ""
     print(
         f"exported {fmt} ({record['dtype']}{quantized}) to {output}; against the trained model: "
@@ -161,7 +154,7 @@ def write_checked_onnx(model, task: str, directory: Path, probes: list[dict], qu
     return check
 
 
-def export_record(args, output: Path, checkpoint: Path, saved: dict, task, method, fmt: str, dtype) -> dict:
+def export_record(args, output: Path, checkpoint: Path, saved: dict, source: str, task, method, fmt, dtype) -> dict:
     hparams = saved.get("hyper_parameters") or {}
     versions = package_versions()
     if fmt == "onnx":
@@ -170,7 +163,7 @@ def export_record(args, output: Path, checkpoint: Path, saved: dict, task, metho
         "name": output.name,
         "format": fmt,
         "task": task,
-        "base_model": hparams["model_name_or_path"] if args.base is None else args.base,
+        "base_model": source,
         "method": {"name": type(method).__name__, "settings": dataclasses.asdict(method)},
         "labels": hparams.get("labels"),
         "num_labels": hparams.get("num_labels"),
@@ -192,7 +185,6 @@ def run_record(checkpoint: Path) -> dict | None:
 
 
 def make_readable(folder: Path) -> None:
-    """What is shipped is readable by all (mkdtemp makes a private folder; save_pretrained writes mode 600)."""
-    folder.chmod(0o755)
+    """What is shipped is readable by all (save_pretrained writes its weights with mode 600)."""
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
