@@ -1,5 +1,5 @@
 import sys
 
-from lightning_ft.cli import main
+from lightning_ft.commands import main
 
 sys.exit(main())

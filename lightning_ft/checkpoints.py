@@ -10,16 +10,17 @@ is scanned for anything else before a library that unpickles freely gets to read
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 from pathlib import Path
 
 import torch
 from fsspec.utils import get_protocol
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_ft.errors import UserError
-from lightning_ft.files import write_atomically
+from lightning_ft.files import remove_partial_files, write_atomically
 
 # DeepSpeed pickles two plain-data classes of its own into its optimizer state files (and reads them back itself).
 DEEPSPEED_GLOBALS = {"deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler"}
@@ -138,3 +139,36 @@ def newest_checkpoint(run_dir: Path, set_aside: bool = False) -> Path | None:
                     path.rename(path.with_name(path.name + ".unreadable"))
             rank_zero_warn(f"skipping checkpoint {err}" + (f"; renamed to {path.name}.unreadable" if set_aside else ""))
     return max(steps, key=lambda path: (steps[path], path.stat().st_mtime), default=None)
+
+
+def resume_point(ckpt_path: str | None, run_dir: Path, tidy: bool = False) -> str | None:
+    """What `fit` resumes from.
+
+    `auto` (the default; `last` means the same): the newest readable checkpoint in the run dir, or the start when
+    there is none, so rerunning a killed command continues it. A path: that checkpoint, checked now (a torn or
+    unsafe file is one error line, before a model loads). `null`: the start, refused when the run dir already
+    holds checkpoints (never overwritten). A requeued SLURM job always continues from the newest checkpoint.
+
+    `tidy` (the run about to train; not a SLURM submission, whose job may be writing there) removes the temp files
+    of saves a kill interrupted and sets unreadable checkpoints aside.
+    """
+    if tidy:
+        for leftover in remove_partial_files(run_dir / "checkpoints"):
+            rank_zero_info(f"removed {leftover}: a checkpoint write that a kill cut short")
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    if ckpt_path in ("auto", "last") or requeued:
+        newest = newest_checkpoint(run_dir, set_aside=tidy)
+        rank_zero_info(
+            f"resuming from {newest}" if newest else f"no checkpoint in {run_dir} yet: training from the start"
+        )
+        return str(newest) if newest else None
+    if ckpt_path is None:
+        newest = newest_checkpoint(run_dir, set_aside=tidy)
+        if newest:
+            raise UserError(
+                f"--ckpt_path null starts afresh, but {run_dir} holds {newest}: resume with --ckpt_path auto, or "
+                "choose another --trainer.default_root_dir"
+            )
+        return None
+    check_checkpoint(Path(ckpt_path))
+    return ckpt_path

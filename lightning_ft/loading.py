@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import torch
 from transformers import (
@@ -14,10 +13,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lightning_ft.constants import DType, Task
 from lightning_ft.errors import UserError
 
-Task = Literal["causal_lm", "sequence_classification"]
-DType = Literal["float32", "bfloat16", "float16", "auto"]
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -15,10 +15,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_ft.checkpoints import check_checkpoint
+from lightning_ft.constants import DType, Task
 from lightning_ft.distillation import Distillation, DistillationTerms, distillation_loss, label_logits, load_teacher
 from lightning_ft.distributed import shard_transformer_blocks, transformer_block_names
 from lightning_ft.errors import UserError
-from lightning_ft.loading import DType, Task, check_source, load_model, load_tokenizer
+from lightning_ft.loading import check_source, load_model, load_tokenizer
 from lightning_ft.loss import backbone, head_cross_entropy, plain_cross_entropy, plain_output_head
 from lightning_ft.methods import Full, Method, count_parameters
 from lightning_ft.optim import Optim, build_optimizer, build_scheduler

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning_ft.checkpoints import load_checkpoint_file
+from lightning_ft.constants import DType
 from lightning_ft.errors import UserError
-from lightning_ft.loading import DType, check_source, load_model, load_tokenizer
+from lightning_ft.loading import check_source, load_model, load_tokenizer
 from lightning_ft.module import FineTuneModule
 
 

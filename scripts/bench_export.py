@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_throughput import DEFAULT_DATA, prepare
 from transformers import AutoConfig
 
-from lightning_ft.cli import main as lightning_ft
+from lightning_ft.commands import main as lightning_ft
 from lightning_ft.export import load_exported
 from lightning_ft.export.check import probe_inputs
 
 EXPORTS = {  # name -> export flags
     "adapter": [],
-    "merged fp32": ["--merge", "--dtype", "fp32"],
-    "merged bf16": ["--merge", "--dtype", "bf16"],
+    "merged fp32": ["--merge", "--dtype", "float32"],
+    "merged bf16": ["--merge", "--dtype", "bfloat16"],
     "merged int8 (bnb)": ["--merge", "--quantize", "int8"],
     "merged nf4 (bnb)": ["--merge", "--quantize", "nf4"],
     "onnx fp32": ["--format", "onnx"],

@@ -204,7 +204,7 @@ def run_trl(w: Workload, **overrides) -> tuple[dict, nn.Module]:
 
 def run_lightning_ft(w: Workload, *extra: str) -> tuple[dict, nn.Module]:
     """lightning_ft through its command line, with its defaults: only the workload is given."""
-    from lightning_ft.cli.lightning import FineTuneCLI
+    from lightning_ft.commands.fit import FineTuneCLI
 
     method = {"lora": "LoRA", "qlora": "QLoRA", "full": "Full"}[w.method]
     args = [

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from tiny_model import WORDS, build_tiny_llama
 
-from lightning_ft.cli import main
+from lightning_ft.commands import main
 
 LABELS = ["neg", "pos"]
 

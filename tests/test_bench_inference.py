@@ -4,14 +4,16 @@ token counts a user would check, int8 really swapping the Linear layers, and one
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from lightning_ft.commands.bench_inference import main
 from lightning_ft.errors import UserError
-from lightning_ft.evaluation.inference import latency_summary, left_padded, main, measure, quantize_int8, random_prompts
+from lightning_ft.evaluation.inference import latency_summary, left_padded, measure, quantize_int8, random_prompts
 from lightning_ft.trained import load_causal_lm
 
 
@@ -92,7 +94,7 @@ def test_exactly_new_tokens_even_when_the_model_would_stop(tiny_model):
     assert stopped.shape[1] == batch["input_ids"].shape[1] + 1
     assert not any(set(p.tolist()) & set(tokenizer.all_special_ids) for p in prompts)  # random prompts: no specials
     args = SimpleNamespace(new_tokens=4, warmup=0, requests=1)
-    results = measure(model, prompts, tokenizer.pad_token_id, first, batch_size=2, args=args, device="cpu")
+    results = measure(model, prompts, tokenizer.pad_token_id, first, batch_size=2, bench=args, device="cpu")
     assert [r["new_tokens_per_row"] for r in results] == [[4], [4]]
 
 
@@ -108,14 +110,15 @@ def test_left_padding_puts_prompts_at_the_end():
         (["--batch_sizes", "0,x"], "--batch_sizes: expected comma-separated positive integers"),
         (["--batch_sizes", "4,0"], "--batch_sizes: expected comma-separated positive integers"),
         (["--new_tokens", "0"], "--new_tokens must be at least 1"),
-        (["--quantize", "int4"], "bench-inference: .*quantize"),
+        (["--quantize", "int4"], "--quantize: .int4. is not one of none, int8"),
         (["--quantize", "int8", "--dtype", "bfloat16"], "drop --dtype bfloat16"),
         (["--prompts", "no-such-file.txt"], "--prompts: no such file"),
     ],
 )
-def test_bad_flags_are_user_errors(tiny_model, flags, message):
-    with pytest.raises(UserError, match=message):
-        main(["--model", str(tiny_model), *flags])
+def test_bad_flags_are_one_error_line(cli, capsys, tiny_model, flags, message):
+    assert cli(["bench-inference", "--model", str(tiny_model), *flags]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and re.search(f"^error: .*{message}", errors[0]), errors
 
 
 def test_missing_model_is_a_one_line_error(cli, tmp_path, capsys):

@@ -16,9 +16,10 @@ import torch
 from conftest import ROOT, SHARED_DATASETS
 from lm_eval.api.model import LM
 
+from lightning_ft.commands.eval import main
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation import sandbox
-from lightning_ft.evaluation.benchmarks import TASKS, evaluate, main, pass_at_k
+from lightning_ft.evaluation.benchmarks import TASKS, evaluate, pass_at_k
 from lightning_ft.trained import load_causal_lm
 
 MMLU = {  # subject -> (question, choices, gold index); gold letters balanced, so always-"A" scores exactly 25%
@@ -382,5 +383,3 @@ def test_humaneval_needs_allow_code_execution(bench):
 def test_model_must_be_a_model_dir_or_a_checkpoint(bench, tmp_path):
     with pytest.raises(UserError, match="is neither a model directory .* nor a .ckpt file"):
         main(["--model", str(tmp_path), "--tasks", "hellaswag", "--data_dir", str(bench)])
-    with pytest.raises(UserError, match="eval: unrecognized arguments: --shots"):
-        main(["--model", str(tmp_path), "--tasks", "hellaswag", "--shots", "3"])

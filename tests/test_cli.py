@@ -124,7 +124,7 @@ def test_a_rerun_continues_from_the_newest_checkpoint_and_null_refuses(cli, fit_
             ["--data.format", "chatml"],
             "--data.format: unknown format 'chatml' (choose from text, instruction, chat, classification)",
         ),
-        (["--model.optim.lr", "fast"], 'Parser key "model.optim.lr"'),
+        (["--model.optim.lr", "fast"], "--model.optim.lr: expected a number, got 'fast'"),
     ],
     ids=["model-path", "method", "target-modules", "data-file", "format", "bad-value"],
 )
@@ -151,8 +151,11 @@ def test_format_and_task_must_agree(cli, fit_args, capsys):
     [
         (["eval", "--model", "/no/model", "--tasks", "mmlu-pro", "--data_dir", "/"], "unknown task 'mmlu-pro'"),
         (["human-eval", "report", "--key", "/no/key.json", "/no/sheet.csv"], "/no/key.json"),
-        (["cv", "--folds", "1"], "--folds needs a whole number >= 2"),
-        (["data", "--output"], "--output needs a value"),
+        (
+            ["cv", "--folds", "1"],
+            "--model.model_name_or_path is required: give it on the command line or in a --config",
+        ),
+        (["data", "--output"], "argument --output: expected one argument (see lightning-ft data --help)"),
     ],
     ids=["eval", "human-eval", "cv", "data"],
 )

@@ -24,7 +24,7 @@ def runs(tmp_path_factory, tiny_model, data_dir):
     """Three fits of 6 steps with validation every 2, into runs/<name>; CSV and W&B offline loggers."""
     import os
 
-    from lightning_ft.cli import main
+    from lightning_ft.commands import main
 
     root = tmp_path_factory.mktemp("runs")
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")

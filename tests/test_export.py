@@ -15,10 +15,11 @@ from conftest import LABELS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
-from lightning_ft.cli import main as cli
+from lightning_ft.commands import main as cli
 from lightning_ft.errors import UserError
-from lightning_ft.export import command, load_exported
+from lightning_ft.export import exporter, load_exported
 from lightning_ft.export.check import logits, probe_inputs
+from lightning_ft.export.exporter import ExportRequest
 from lightning_ft.files import PARTIAL_SUFFIX
 from lightning_ft.precision import cpu_has_bf16
 from lightning_ft.trained import load_trained
@@ -110,7 +111,7 @@ def test_every_method_exports_what_it_trained(method, trained, tiny_model, tmp_p
         assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     else:
         with pytest.raises(UserError, match="cannot be merged"):
-            command.main(["--ckpt", str(checkpoint), "--output", str(tmp_path / "refused"), "--merge"])
+            exporter.export(ExportRequest(str(checkpoint), str(tmp_path / "refused"), merge=True))
         assert not (tmp_path / "refused").exists()
     for kind, got in exports.items():
         # QLoRA: the 4-bit base dequantised and the update added in fp32 (compute_dtype float32) is what the 4-bit
@@ -168,7 +169,7 @@ def test_quantized_export_loads_with_plain_transformers(kind, layer, trained, tm
 
 def test_model_card_describes_the_run(trained, tmp_path):
     checkpoint = trained("lora")
-    out = export(checkpoint, tmp_path / "card", "--dtype", "bf16")
+    out = export(checkpoint, tmp_path / "card", "--dtype", "bfloat16")
     card = (out / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
     record = json.loads((checkpoint.parent.parent / "run.json").read_text())
@@ -229,9 +230,9 @@ def test_a_failed_export_leaves_the_old_one_in_place(trained, tmp_path, monkeypa
     checkpoint = trained("lora")
     out = export(checkpoint, tmp_path / "out")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(command, "compare", lambda reference, got: {"relative_diff": float("nan")})
+    monkeypatch.setattr(exporter, "compare", lambda reference, got: {"relative_diff": float("nan")})
     with pytest.raises(UserError, match="computes other logits than the trained model"):
-        command.main(["--ckpt", str(checkpoint), "--output", str(out), "--merge", "--overwrite"])
+        exporter.export(ExportRequest(str(checkpoint), str(out), merge=True, overwrite=True))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(tmp_path.glob(f".*{PARTIAL_SUFFIX}"))
     monkeypatch.undo()

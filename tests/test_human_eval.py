@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import krippendorff
 import numpy as np
 import pytest
 
+from lightning_ft.commands.human_eval import main
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation import human
-from lightning_ft.evaluation.human import SCALES, export_sheet, fleiss, krippendorff_alpha, main, read_sheet, report
+from lightning_ft.evaluation.human import SCALES, export_sheet, fleiss, krippendorff_alpha, read_sheet, report
 
 MODELS = ("zeta-7b", "omega-ft", "kappa-lora")
 N_PROMPTS = 8
@@ -473,14 +475,14 @@ def test_cli_export_then_report_writes_json(tmp_path: Path, capsys) -> None:
     ("argv", "message"),
     [
         (["export", "--outputs", "a.jsonl", "--n", "2", "--out", "x"], r"--outputs: 'a.jsonl' is not NAME=FILE"),
-        (["export", "--outputs", "a=x.jsonl", "--n", "two", "--out", "x"], r"human-eval: .*n.*two"),
-        (["report", "--key", "k.json"], r"human-eval: .*sheets"),
-        (["publish"], r"human-eval: .*invalid choice"),
+        (["export", "--outputs", "a=x.jsonl", "--n", "two", "--out", "x"], r"--n: expected a whole number, got 'two'"),
+        (["report", "--key", "k.json"], r"arguments are required: report.sheets .*human-eval report --help"),
+        (["publish"], r"invalid choice: 'publish' .*human-eval --help"),
         (["report", "--key", "missing.json", "s.csv"], r"--key missing.json: no such file"),
     ],
 )
-def test_cli_mistakes_are_one_line_user_errors(tmp_path: Path, monkeypatch, argv, message) -> None:
+def test_cli_mistakes_are_one_error_line(cli, capsys, tmp_path: Path, monkeypatch, argv, message) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=message) as caught:
-        main(argv)
-    assert "\n" not in str(caught.value)
+    assert cli(["human-eval", *argv]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and re.search(f"^error: .*{message}", errors[0]), errors

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 
 from lightning_ft.checkpoints import newest_checkpoint
-from lightning_ft.cli import PREEMPTED_EXIT_STATUS
+from lightning_ft.commands import PREEMPTED_EXIT_STATUS
 
 
 def save_step(path, step: int) -> None:

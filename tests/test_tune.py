@@ -24,4 +24,4 @@ def test_batch_size_find_doubles_until_the_trials_run_out(cli, fit_args, capsys)
 
 def test_tuner_flags_are_checked(cli, fit_args, capsys):
     assert cli(["lr-find", *fit_args()[1:], "--num_training", "many"]) == 2
-    assert "error: --num_training many: not a number" in capsys.readouterr().err
+    assert "error: --num_training: expected a whole number, got 'many'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`lightning-ft consolidate CKPT_DIR OUT`: a sharded checkpoint folder as one Lightning checkpoint file.
+"""A sharded checkpoint folder as one Lightning checkpoint file (`lightning-ft consolidate`).
 
 FSDP / FSDP2 save `torch.distributed.checkpoint` shards (a `.metadata` index, one file per process, and Lightning's
 `meta.pt` with the step, loops and hyperparameters); DeepSpeed ZeRO saves partitioned weights and optimizer states
@@ -9,7 +9,6 @@ per process. The result has the usual `state_dict` (plus everything else the tra
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -65,15 +64,3 @@ def consolidate(folder: Path, output: Path) -> str:
     else:
         raise UserError(f"consolidate: {folder} holds neither FSDP shards (.metadata) nor a DeepSpeed checkpoint")
     return kind
-
-
-def main(argv: list[str]) -> None:
-    """lightning-ft consolidate CKPT_DIR OUT"""
-    if len(argv) != 2 or any(arg.startswith("-") for arg in argv):
-        raise UserError("usage: lightning-ft consolidate CKPT_DIR OUT")
-    folder, output = Path(argv[0]), Path(argv[1])
-    if output.exists():
-        raise UserError(f"consolidate: {output} exists; choose another OUT (nothing is overwritten)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    kind = consolidate(folder, output)
-    print(f"consolidated {kind} checkpoint {folder} -> {output}", file=sys.stdout)

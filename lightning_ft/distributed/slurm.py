@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from lightning_ft.errors import UserError
 TEMPLATE = Path(__file__).with_name("job.sbatch")
 WARNING_SECONDS = 90  # SIGUSR1 this long before the time limit: enough to finish a step and save a checkpoint
 NON_CPU_ACCELERATORS = ("gpu", "cuda", "mps", "tpu")
+SAFE_DIRECTIVE = re.compile(r"[^\s\x00-\x1f\x7f'\"\\`$;&|<>]+")  # printable: no whitespace, quoting or shell syntax
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,9 @@ class JobRequest:
     dry_run: bool = False
 
 
-def parse_request(argv: list[str]) -> tuple[JobRequest, list[str]]:
-    """The job's flags, and the rest (--config files and fit flags) for the fit parser to check."""
-    parser = argparse.ArgumentParser(prog="lightning-ft slurm submit", exit_on_error=False, add_help=False)
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=0)
-    parser.add_argument("--ntasks-per-node", type=int)
-    parser.add_argument("--cpus-per-task", type=int)
-    parser.add_argument("--partition")
-    parser.add_argument("--time")
-    parser.add_argument("--account")
-    parser.add_argument("--job-name")
-    parser.add_argument("--dry-run", action="store_true")
-    try:
-        known, rest = parser.parse_known_args(argv)
-    except argparse.ArgumentError as err:
-        raise UserError(f"slurm submit: {err}") from None
-    request = JobRequest(**vars(known))
+def check_request(request: JobRequest) -> None:
+    """Every value before anything is written: counts in range, a time SLURM reads, and no value that would break
+    out of its `#SBATCH` line (sbatch reads those lines word by word and stops at the first line that is not one)."""
     for name in ("nodes", "ntasks_per_node", "cpus_per_task"):
         if getattr(request, name) is not None and getattr(request, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -55,9 +42,24 @@ def parse_request(argv: list[str]) -> tuple[JobRequest, list[str]]:
         raise UserError("--gpus-per-node must be 0 (a CPU job) or more")
     if request.time and not re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", request.time):
         raise UserError(f"--time {request.time}: use MINUTES, HH:MM:SS or DAYS-HH:MM:SS")
+    for name in ("partition", "account", "job_name"):
+        check_directive(f"--{name.replace('_', '-')}", getattr(request, name))
     if not request.dry_run and shutil.which("sbatch") is None:
         raise UserError("sbatch is not on PATH: submit from a SLURM login node, or write the job with --dry-run")
-    return request, rest
+
+
+def check_directive(flag: str, value) -> None:
+    """A value for an `#SBATCH --key=value` line: one word of printable characters."""
+    if value is not None and not SAFE_DIRECTIVE.fullmatch(str(value)):
+        raise UserError(
+            f"{flag} {str(value)!r}: a SLURM job value must be one word of printable characters (no spaces, quotes, "
+            "newlines or control characters): sbatch would misread the job script"
+        )
+
+
+def job_name(run_dir: Path) -> str:
+    """The default job name: the run dir's name, with anything sbatch would misread replaced."""
+    return re.sub(r"[^\w.+-]", "_", run_dir.name) or "lightning-ft"
 
 
 def job_devices(request: JobRequest, devices, num_nodes: int, accelerator: str) -> dict:
@@ -89,8 +91,9 @@ def job_devices(request: JobRequest, devices, num_nodes: int, accelerator: str) 
     return {"devices": tasks, "num_nodes": request.nodes, "accelerator": accelerator}
 
 
-def render(request: JobRequest, tasks_per_node: int, job_dir: Path, workdir: Path, command: str) -> str:
-    """The sbatch script: the resources, logs beside the job (appended across requeues), and `srun command`."""
+def render(request: JobRequest, tasks_per_node: int, job_dir: Path, workdir: Path, command: list[str]) -> str:
+    """The sbatch script: the resources, logs beside the job (appended across requeues), and `srun command` (each
+    word quoted for the shell)."""
     directives = {
         "job-name": request.job_name,
         "nodes": request.nodes,
@@ -104,12 +107,14 @@ def render(request: JobRequest, tasks_per_node: int, job_dir: Path, workdir: Pat
         "output": job_dir / "%j.out",
         "error": job_dir / "%j.err",
     }
+    for key, value in directives.items():
+        check_directive(f"#SBATCH --{key}", value)
     threads = f"export OMP_NUM_THREADS={request.cpus_per_task}" if request.cpus_per_task else ""
     return TEMPLATE.read_text().format(
         directives="\n".join(f"#SBATCH --{key}={value}" for key, value in directives.items() if value is not None),
         warning_seconds=WARNING_SECONDS,
         environment=threads,
-        command=command,
+        command=shlex.join(command),
     )
 
 

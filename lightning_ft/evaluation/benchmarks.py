@@ -29,7 +29,6 @@ import datasets
 import numpy as np
 import torch
 import yaml
-from jsonargparse import ArgumentError, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
@@ -42,7 +41,6 @@ from lightning_ft.evaluation.benchmark_files import (
     read_mmlu,
     read_truthfulqa,
 )
-from lightning_ft.files import output_file, write_json_atomically
 from lightning_ft.trained import load_causal_lm
 
 try:  # the optional `eval` extra
@@ -327,32 +325,10 @@ def evaluate(
     return {"results": ordered, "samples": samples, "details": details, "config": config}
 
 
-# ------------------------------------------------------------------------------------------- model and CLI
+# ------------------------------------------------------------------------------------------- results
 
 
-def _parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="lightning-ft eval", exit_on_error=False, description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--model", type=str, required=True, help="model dir, or a .ckpt from `lightning-ft fit`")
-    add("--tasks", type=str, required=True, help=f"comma-separated: {','.join(TASKS)}, or mmlu_<subject>")
-    add("--data_dir", type=str, default="../shared/datasets", help="benchmark files, in their published layout")
-    add("--limit", type=int, default=None, help="at most N items per task (per MMLU subject): for quick checks")
-    add("--num_fewshot", type=int, default=None, help="few-shot examples for mmlu (default 5) and gsm8k (8)")
-    add("--output", type=str, default=None, help="write the results as JSON here")
-    add("--baseline", type=str, default=None, help="an earlier --output JSON: show the change of each score")
-    add("--allow_code_execution", action="store_true", help="needed for humaneval: runs model-written code")
-    add("--num_samples", type=int, default=1, help="humaneval completions per problem (1: greedy)")
-    add("--k", type=str, default="1", help="humaneval pass@k for these k, comma-separated (each <= num_samples)")
-    add("--temperature", type=float, default=0.8, help="humaneval sampling temperature when num_samples > 1")
-    add("--timeout", type=float, default=10.0, help="humaneval seconds per sample before it counts as failed")
-    add("--max_new_tokens", type=int, default=None, help="generation length (default: gsm8k 256, humaneval 512)")
-    add("--batch_size", type=int, default=8, help="batch size of the lm-eval HF model wrapper")
-    add("--device", type=str, choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    add("--dtype", type=str, choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="model dir")
-    return parser
-
-
-def _read_baseline(path: str) -> dict:
+def read_baseline(path: str) -> dict:
     try:
         baseline = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -380,26 +356,11 @@ def print_table(report: dict, baseline: dict | None = None) -> None:
     Console().print(table)
 
 
-def main(argv: list[str]) -> None:
-    """lightning-ft eval --model DIR_OR_CKPT --tasks mmlu,hellaswag,gsm8k,humaneval,truthfulqa [--limit N]
-    [--num_fewshot K] [--data_dir DIR] [--output results.json] [--baseline old_results.json]
-    [--allow_code_execution] [--num_samples N --k 1,10] [--batch_size B] [--device cpu|cuda] [--max_new_tokens N]"""
-    try:
-        args = _parser().parse_args(argv)
-    except ArgumentError as err:
-        raise UserError(f"eval: {' '.join(str(err).split())}") from None
-    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
-    try:
-        ks = [int(k) for k in args.k.split(",")]
-    except ValueError:
-        raise UserError(f"--k: expected comma-separated integers, got {args.k!r}") from None
-    data_dir = Path(args.data_dir).expanduser()
-    plan(tasks, data_dir, allow_code_execution=args.allow_code_execution)  # fail before loading the model
-    baseline = _read_baseline(args.baseline) if args.baseline else None
-    output = output_file(args.output) if args.output else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+def evaluate_model(
+    model: str, tasks: list[str], data_dir: Path, *, device: str, dtype: str, batch_size: int, **options
+):
+    """Load `model` (a model dir or a `lightning-ft fit` checkpoint) and run `evaluate` on it through lm-eval's
+    Hugging Face wrapper; `options` are evaluate's."""
     if simple_evaluate is None:
         raise UserError("lightning-ft eval needs lm-evaluation-harness: pip install 'lightning-ft[eval]'")
     from lm_eval.models.huggingface import HFLM
@@ -408,13 +369,8 @@ def main(argv: list[str]) -> None:
     # bars for our small JSONL files, would drown the table.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     datasets.disable_progress_bars()
-    model, tokenizer = load_causal_lm(args.model, args.dtype)
-    lm = HFLM(pretrained=model.to(device), tokenizer=tokenizer, batch_size=args.batch_size)
-    options = {name: getattr(args, name) for name in ("limit", "num_fewshot", "allow_code_execution", "num_samples")}
-    options |= {name: getattr(args, name) for name in ("max_new_tokens", "temperature", "timeout")}
-    report = evaluate(lm, tasks, data_dir, ks=ks, **options)
-    report["config"] = {"model": args.model, "device": device, **report["config"]}
-    print_table(report, baseline)
-    if output is not None:
-        write_json_atomically(output, report)
-        print(f"results: {output}")
+    loaded, tokenizer = load_causal_lm(model, dtype)
+    lm = HFLM(pretrained=loaded.to(device), tokenizer=tokenizer, batch_size=batch_size)
+    report = evaluate(lm, tasks, data_dir, **options)
+    report["config"] = {"model": model, "device": device, **report["config"]}
+    return report

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jsonargparse import ArgumentError, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
@@ -41,7 +40,7 @@ from lightning_ft.evaluation.agreement import (
     nanmean,
     win_rates,
 )
-from lightning_ft.files import staged_folder, write_json_atomically
+from lightning_ft.files import staged_folder
 
 SCALES = ("relevance", "coherence", "fluency", "factuality", "helpfulness")  # each scored 1-5
 COLUMNS = ("item_id", "prompt", "label", "output", *SCALES, "comment")
@@ -431,58 +430,3 @@ def print_report(result: dict, console: Console | None = None) -> None:
         )
     console.print(agreement)
     console.print(f"ratings given: {result['ratings']['given']} of {result['ratings']['possible']}")
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="lightning-ft human-eval", exit_on_error=False, description=__doc__.split("\n")[0])
-    subcommands = parser.add_subcommands(required=True, dest="command")
-    export = ArgumentParser(exit_on_error=False)
-    export.add_argument("--outputs", type=str, nargs="+", required=True, help="NAME=FILE.jsonl per model")
-    export.add_argument("--n", type=int, required=True, help="how many prompts to sample")
-    export.add_argument("--seed", type=int, default=0, help="seed of the sample, labels and orders")
-    export.add_argument("--out", type=str, required=True, help="new folder for the sheets and key")
-    export.add_argument("--annotators", type=int, default=1, help="also write sheet_<k>.csv per annotator, reordered")
-    subcommands.add_subcommand("export", export, help="write blinded rating sheets")
-    reporting = ArgumentParser(exit_on_error=False)
-    reporting.add_argument("--key", type=str, required=True, help="key.json from export")
-    reporting.add_argument("sheets", type=str, nargs="+", help="filled-in sheets, one per annotator (.csv or .jsonl)")
-    reporting.add_argument("--output", type=str, default=None, help="also write the report as JSON here")
-    subcommands.add_subcommand("report", reporting, help="report on filled-in sheets")
-    return parser
-
-
-def _parse_outputs(values: list[str]) -> dict[str, Path]:
-    """NAME=FILE pairs; model names must be unique, since they are what the key unblinds to."""
-    outputs: dict[str, Path] = {}
-    for value in values:
-        name, _, file = value.partition("=")
-        if not name.strip() or not file.strip():
-            raise UserError(f"--outputs: '{value}' is not NAME=FILE")
-        if name in outputs:
-            raise UserError(f"--outputs: model name '{name}' given twice")
-        outputs[name] = Path(file)
-    return outputs
-
-
-def main(argv: list[str]) -> None:
-    """lightning-ft human-eval export|report ...; every user mistake, flags included, is a one-line UserError."""
-    try:
-        config = _parser().parse_args(argv)
-    except ArgumentError as err:
-        raise UserError(f"human-eval: {' '.join(str(err).split())}") from None
-    options = config[config.command]
-    if config.command == "export":
-        out = Path(options.out)
-        export_sheet(_parse_outputs(options.outputs), options.n, options.seed, out, options.annotators)
-        copies = f" and sheet_1.csv .. sheet_{options.annotators}.csv" if options.annotators > 1 else ""
-        print(f"sheets: {out}/sheet.csv, sheet.jsonl{copies}; instructions: {out}/README.txt")
-        print(f"key: {out}/key.json (unblinds the labels: keep it from the annotators)")
-        return
-    result = report(Path(options.key), [Path(sheet) for sheet in options.sheets])
-    print_report(result)
-    if options.output:
-        write_json_atomically(Path(options.output), result)
-        print(f"report: {options.output}")

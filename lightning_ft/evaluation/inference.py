@@ -13,19 +13,21 @@ import os
 import platform
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import transformers
-from jsonargparse import ArgumentError, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from lightning_ft.constants import DType
 from lightning_ft.errors import UserError
-from lightning_ft.files import output_file, write_json_atomically
+from lightning_ft.files import output_file
 from lightning_ft.loading import TORCH_DTYPES
 from lightning_ft.trained import load_causal_lm
 
@@ -141,15 +143,15 @@ def timed_generate(model, batch: dict, config: GenerationConfig, device: str) ->
     return latency, (clock.first_token_at or time.perf_counter()) - start, new_tokens
 
 
-def measure(model, prompts, pad_id: int, eos_id, *, batch_size: int, args, device: str) -> list[dict]:
-    """One batch size, KV cache on and off: `args.warmup` untimed, then `args.requests` timed batches of each.
+def measure(model, prompts, pad_id: int, eos_id, *, batch_size: int, bench, device: str) -> list[dict]:
+    """One batch size, KV cache on and off: `bench.warmup` untimed, then `bench.requests` timed batches of each.
 
     The two settings alternate request by request (and which goes first alternates too), so that a change in the
     machine's load hits both alike and their ratio stays meaningful on a shared machine."""
     configs = {
         cache: GenerationConfig(
-            max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens,
+            max_new_tokens=bench.new_tokens,
+            min_new_tokens=bench.new_tokens,
             do_sample=False,
             num_beams=1,
             use_cache=cache,
@@ -159,13 +161,13 @@ def measure(model, prompts, pad_id: int, eos_id, *, batch_size: int, args, devic
         for cache in (True, False)
     }
     timings = {cache: {"latency": [], "first_token": [], "new_tokens": []} for cache in configs}
-    for request in range(args.warmup + args.requests):
+    for request in range(bench.warmup + bench.requests):
         batch = left_padded(prompts[request * batch_size : (request + 1) * batch_size], pad_id, device)
         for cache in (True, False) if request % 2 == 0 else (False, True):
             latency, first_token, produced = timed_generate(model, batch, configs[cache], device)
-            if produced != args.new_tokens:  # would make every figure below wrong
-                raise RuntimeError(f"generate produced {produced} new tokens per row, asked for {args.new_tokens}")
-            if request >= args.warmup:
+            if produced != bench.new_tokens:  # would make every figure below wrong
+                raise RuntimeError(f"generate produced {produced} new tokens per row, asked for {bench.new_tokens}")
+            if request >= bench.warmup:
                 for key, value in zip(("latency", "first_token", "new_tokens"), (latency, first_token, produced)):
                     timings[cache][key].append(value)
     results = []
@@ -184,44 +186,111 @@ def measure(model, prompts, pad_id: int, eos_id, *, batch_size: int, args, devic
     return results
 
 
-# --------------------------------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------------------- the benchmark
 
 
-def _parser() -> ArgumentParser:
-    description = __doc__.splitlines()[0]
-    parser = ArgumentParser(prog="lightning-ft bench-inference", exit_on_error=False, description=description)
-    add = parser.add_argument
-    add("--model", type=str, required=True, help="causal-LM dir (with config.json), or a .ckpt from `lightning-ft fit`")
-    add("--batch_sizes", type=str, default="1,4,16", help="comma-separated batch sizes")
-    add("--new_tokens", type=int, default=64, help="tokens generated per row, exactly")
-    add("--prompt_tokens", type=int, default=None, help="random prompts' length (default 32); cuts --prompts lines")
-    add("--prompts", type=str, default=None, help="a text file, one prompt a line (default: random token ids)")
-    add("--requests", type=int, default=10, help="timed batches per batch size and cache setting")
-    add("--warmup", type=int, default=2, help="untimed batches before those")
-    add("--quantize", choices=["none", "int8"], default="none", help="int8: dynamic int8 Linear, CPU")
-    add("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="weights")
-    add("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    add("--output", type=str, default=None, help="write the results as JSON here")
-    return parser
+@dataclass(frozen=True)
+class InferenceBench:
+    """What `lightning-ft bench-inference` measures (each field is its flag).
+
+    Args:
+        model: causal-LM dir (with config.json), or a .ckpt from `lightning-ft fit`.
+        batch_sizes: comma-separated batch sizes.
+        new_tokens: tokens generated per row, exactly.
+        prompt_tokens: random prompts' length (default 32); cuts --prompts lines to their last this many tokens.
+        prompts: a text file, one prompt a line (default: random token ids).
+        requests: timed batches per batch size and cache setting.
+        warmup: untimed batches before those.
+        quantize: int8: dynamic int8 Linear layers (CPU).
+        device: cpu or cuda (default: cuda when available).
+        dtype: the weights' dtype (auto: as stored).
+        threads: CPU threads for torch (default: torch's choice).
+        output: write the results as JSON here.
+    """
+
+    model: str
+    batch_sizes: str = "1,4,16"
+    new_tokens: int = 64
+    prompt_tokens: int | None = None
+    prompts: str | None = None
+    requests: int = 10
+    warmup: int = 2
+    quantize: Literal["none", "int8"] = "none"
+    device: Literal["cpu", "cuda"] | None = None
+    dtype: DType = "auto"
+    threads: int | None = None
+    output: str | None = None
+
+    def check(self) -> None:
+        """Every setting, before a model is loaded."""
+        parse_batch_sizes(self.batch_sizes)
+        for name, least in (("new_tokens", 1), ("prompt_tokens", 1), ("requests", 1), ("warmup", 0), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise UserError(f"--{name} must be at least {least}, got {value}")
+        if self.prompts and not Path(self.prompts).is_file():
+            raise UserError(f"--prompts: no such file: {self.prompts}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+        if self.quantize == "int8" and self.device == "cuda":
+            raise UserError("--quantize int8 is CPU dynamic quantization: use it with --device cpu")
+        if self.quantize == "int8" and self.dtype in ("bfloat16", "float16"):
+            raise UserError(f"--quantize int8 computes in float32 between int8 matmuls: drop --dtype {self.dtype}")
+        if self.output:
+            output_file(self.output)
 
 
-def _check(args) -> None:
-    """Every flag, before a model is loaded."""
-    for name, least in (("new_tokens", 1), ("prompt_tokens", 1), ("requests", 1), ("warmup", 0), ("threads", 1)):
-        value = getattr(args, name)
-        if value is not None and value < least:
-            raise UserError(f"--{name} must be at least {least}, got {value}")
-    if args.prompts and not Path(args.prompts).is_file():
-        raise UserError(f"--prompts: no such file: {args.prompts}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    if args.quantize == "int8" and args.device == "cuda":
-        raise UserError("--quantize int8 is CPU dynamic quantization: use it with --device cpu")
-    if args.quantize == "int8" and args.dtype in ("bfloat16", "float16"):
-        raise UserError(f"--quantize int8 computes in float32 between int8 matmuls: drop --dtype {args.dtype}")
-    if args.output:
-        output_file(args.output)
+def run(bench: InferenceBench) -> dict:
+    """Load the model, measure every batch size with the KV cache on and off, and return the report."""
+    bench.check()
+    batch_sizes = parse_batch_sizes(bench.batch_sizes)
+    device = bench.device or ("cuda" if torch.cuda.is_available() and bench.quantize == "none" else "cpu")
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
+    model, tokenizer = load_causal_lm(bench.model, bench.dtype)
+    if bench.dtype != "auto":  # a checkpoint's model comes in the dtype it was trained in
+        model.to(TORCH_DTYPES[bench.dtype])
+    parameters = sum(p.numel() for p in model.parameters())  # before int8 packs the Linear weights away
+    dtype = str(model.dtype).removeprefix("torch.")
+    quantized = quantize_int8(model.float()) if bench.quantize == "int8" else 0
+    model.to(device)
+    rows = max(batch_sizes) * (bench.warmup + bench.requests)
+    if bench.prompts:
+        prompts = file_prompts(tokenizer, Path(bench.prompts), rows, bench.prompt_tokens)
+    else:
+        prompts = random_prompts(tokenizer, rows, bench.prompt_tokens or 32)
+    eos_id = model.generation_config.eos_token_id
+    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+    pad_id = tokenizer.pad_token_id
+    results = [
+        result
+        for size in batch_sizes
+        for result in measure(model, prompts, pad_id, eos_id, batch_size=size, bench=bench, device=device)
+    ]
+    median = {(r["batch_size"], r["use_cache"]): r["latency_s"]["p50"] for r in results}
+    return {
+        "config": {
+            "model": bench.model,
+            "parameters": parameters,
+            "dtype": "int8 Linear, float32 elsewhere" if quantized else dtype,
+            "quantize": bench.quantize,
+            "quantized_linear_layers": quantized,
+            "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.machine()})",
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
+            "batch_sizes": batch_sizes,
+            "new_tokens": bench.new_tokens,
+            "prompts": bench.prompts or f"random token ids, seed {SEED}",
+            "prompt_tokens_mean": float(np.mean([len(p) for p in prompts])),
+            "requests": bench.requests,
+            "warmup": bench.warmup,
+            "latency": "a request's latency is the wall time of the whole batch it was in",
+        },
+        "results": results,
+        "kv_cache_speedup": {str(size): median[size, False] / median[size, True] for size in batch_sizes},
+    }
 
 
 def _milliseconds(seconds: float) -> str:
@@ -245,66 +314,3 @@ def print_table(report: dict) -> None:
     console.print(table)
     speedups = ", ".join(f"batch {size}: {ratio:.2f}x" for size, ratio in report["kv_cache_speedup"].items())
     console.print(f"KV-cache speed-up (p50 latency without / with): {speedups}")
-
-
-def main(argv: list[str]) -> None:
-    """lightning-ft bench-inference --model DIR_OR_CKPT [--batch_sizes 1,4,16] [--new_tokens 64] [--prompt_tokens 32]
-    [--prompts FILE] [--requests 10] [--warmup 2] [--quantize none|int8] [--device cpu|cuda] [--dtype auto]
-    [--threads N] [--output results.json]"""
-    try:
-        args = _parser().parse_args(argv)
-    except ArgumentError as err:
-        raise UserError(f"bench-inference: {' '.join(str(err).split())}") from None
-    batch_sizes = parse_batch_sizes(args.batch_sizes)
-    _check(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() and args.quantize == "none" else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tokenizer = load_causal_lm(args.model, args.dtype)
-    if args.dtype != "auto":  # a checkpoint's model comes in the dtype it was trained in
-        model.to(TORCH_DTYPES[args.dtype])
-    parameters = sum(p.numel() for p in model.parameters())  # before int8 packs the Linear weights away
-    dtype = str(model.dtype).removeprefix("torch.")
-    quantized = quantize_int8(model.float()) if args.quantize == "int8" else 0
-    model.to(device)
-    rows = max(batch_sizes) * (args.warmup + args.requests)
-    if args.prompts:
-        prompts = file_prompts(tokenizer, Path(args.prompts), rows, args.prompt_tokens)
-    else:
-        prompts = random_prompts(tokenizer, rows, args.prompt_tokens or 32)
-    eos_id = model.generation_config.eos_token_id
-    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
-    pad_id = tokenizer.pad_token_id
-    results = [
-        result
-        for size in batch_sizes
-        for result in measure(model, prompts, pad_id, eos_id, batch_size=size, args=args, device=device)
-    ]
-    median = {(r["batch_size"], r["use_cache"]): r["latency_s"]["p50"] for r in results}
-    report = {
-        "config": {
-            "model": args.model,
-            "parameters": parameters,
-            "dtype": "int8 Linear, float32 elsewhere" if quantized else dtype,
-            "quantize": args.quantize,
-            "quantized_linear_layers": quantized,
-            "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.machine()})",
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
-            "batch_sizes": batch_sizes,
-            "new_tokens": args.new_tokens,
-            "prompts": args.prompts or f"random token ids, seed {SEED}",
-            "prompt_tokens_mean": float(np.mean([len(p) for p in prompts])),
-            "requests": args.requests,
-            "warmup": args.warmup,
-            "latency": "a request's latency is the wall time of the whole batch it was in",
-        },
-        "results": results,
-        "kv_cache_speedup": {str(size): median[size, False] / median[size, True] for size in batch_sizes},
-    }
-    print_table(report)
-    if args.output:
-        write_json_atomically(Path(args.output), report)
-        print(f"results: {args.output}")

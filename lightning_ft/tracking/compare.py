@@ -1,4 +1,4 @@
-"""`lightning-ft compare RUN_DIR_OR_GLOB... [--wandb ENTITY/PROJECT] [--metric val_loss] [--output report.html|.md]`.
+"""Comparing runs (`lightning-ft compare`, and the end of a sweep).
 
 A table of what differs between the runs (config keys whose values differ, method, trainable %, metrics, tokens/s,
 peak memory, status), best first by the chosen metric; loss curves overlaid and final metrics as bars (PNG,
@@ -10,7 +10,6 @@ or unfinished run, is a row that says so, never a crash.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import html
@@ -290,27 +289,22 @@ def load_wandb_project(path: str) -> list[Run]:
     return runs
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lightning-ft compare", exit_on_error=False)
-    parser.add_argument("runs", nargs="*", help="run dirs or globs (runs/*)")
-    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also the runs of this W&B project (network)")
-    parser.add_argument("--metric", default="val_loss", help="sort by this metric (loss-like: lower is better)")
-    parser.add_argument("--output", help="report.html or report.md; the PNGs are written beside it")
-    try:
-        args = parser.parse_args(argv)
-    except argparse.ArgumentError as err:
-        raise UserError(f"compare: {err}") from None
-    output = Path(args.output) if args.output else None
+def compare(paths: list[str], metric: str = "val_loss", output: str | None = None, wandb: str | None = None) -> None:
+    """Print the runs side by side (best `metric` first); with `output`, also a report with loss curves and bars.
+
+    `paths`: run dirs or globs; `wandb`: also the runs of this W&B project (ENTITY/PROJECT; needs the network).
+    """
+    output = Path(output) if output else None
     if output and output.suffix not in (".html", ".md"):
         raise UserError(f"--output {output}: a .html or .md file")
-    if not args.runs and not args.wandb:
+    if not paths and not wandb:
         raise UserError("compare: give run dirs (or globs), or --wandb ENTITY/PROJECT")
-    loaded = [load_run(path) for path in find_runs(args.runs)] if args.runs else []
-    runs = sort_runs(loaded + (load_wandb_project(args.wandb) if args.wandb else []), args.metric)
-    columns, table = rows(runs, args.metric)
-    if all(run.metric(args.metric) is None for run in runs):
-        print(f"no run has the metric {args.metric!r}", file=sys.stderr)
-    console_table = Table(title=f"{len(runs)} runs, best {args.metric} first")
+    loaded = [load_run(path) for path in find_runs(paths)] if paths else []
+    runs = sort_runs(loaded + (load_wandb_project(wandb) if wandb else []), metric)
+    columns, table = rows(runs, metric)
+    if all(run.metric(metric) is None for run in runs):
+        print(f"no run has the metric {metric!r}", file=sys.stderr)
+    console_table = Table(title=f"{len(runs)} runs, best {metric} first")
     for column in columns:
         console_table.add_column(column, overflow="fold")
     for row in table:
@@ -322,7 +316,7 @@ def main(argv: list[str]) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         images = [
             plot_curves(runs, output.with_name(output.stem + "_loss.png")),
-            plot_metric_bars(runs, args.metric, output.with_name(output.stem + "_metric.png")),
+            plot_metric_bars(runs, metric, output.with_name(output.stem + "_metric.png")),
         ]
-        write_report(output, columns, table, images, args.metric)
+        write_report(output, columns, table, images, metric)
         print(f"report: {output} ({', '.join(image.name for image in images)})")

@@ -1,21 +1,19 @@
-"""`lightning-ft export`: a `fit` checkpoint as something that runs elsewhere.
+"""Exporting a `fit` checkpoint as something that runs elsewhere (`lightning-ft export`).
 
-    lightning-ft export --ckpt PATH --output DIR [--merge] [--dtype bf16|fp16|fp32] [--quantize int8|nf4]
-                        [--format hf|onnx] [--base DIR] [--overwrite]
-
-Writes into a temp folder beside DIR and renames it into place only once everything is written and the export
-computes what the trained model computed (check.py): an interrupted or failed export leaves DIR as it was.
+Writes into a temp folder beside the output and renames it into place only once everything is written and the
+export computes what the trained model computed (check.py): an interrupted or failed export leaves it as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import torch
-from jsonargparse import ArgumentError, ArgumentParser
 from transformers import AutoConfig
 
 from lightning_ft.checkpoints import load_checkpoint_file
@@ -29,29 +27,26 @@ from lightning_ft.loading import TORCH_DTYPES, load_tokenizer
 from lightning_ft.tracking.record import RECORD_FILE, package_versions, read_record
 from lightning_ft.trained import load_trained
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ONNX_CHECK_SHAPE = (3, 11)  # another shape than the traced probe's: the graph must not have baked one in
 
 
-def parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="lightning-ft export", exit_on_error=False, description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--ckpt", type=str, required=True, help="a one-file checkpoint of `lightning-ft fit`")
-    add("--output", type=str, required=True, help="the folder to write (refused when not empty, see --overwrite)")
-    add("--merge", action="store_true", help="fold the adapter into the base: plain transformers weights")
-    add("--dtype", choices=list(DTYPES), default=None, help="weights' dtype (default: the base model's own)")
-    add("--quantize", choices=["int8", "nf4"], default=None, help="bitsandbytes int8 / nf4 (onnx: int8 only)")
-    add("--format", choices=["hf", "onnx"], default="hf", help="hf: safetensors + configs; onnx: model.onnx")
-    add("--base", type=str, default=None, help="the base model dir, when not where training read it")
-    add("--overwrite", action="store_true", help="replace a non-empty --output")
-    return parser
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export and how (the flags of `lightning-ft export`, which say what each means)."""
+
+    ckpt: str
+    output: str
+    merge: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    quantize: Literal["int8", "nf4"] | None = None
+    format: Literal["hf", "onnx"] = "hf"
+    base: str | None = None
+    overwrite: bool = False
 
 
-def main(argv: list[str]) -> None:
-    try:
-        args = parser().parse_args(argv)
-    except ArgumentError as err:
-        raise UserError(f"export: {' '.join(str(err).split())}") from None
+def export(args: ExportRequest) -> None:
+    """Export the checkpoint `args.ckpt` into the folder `args.output` (see the module docstring); prints what it
+    wrote and how it compares with the trained model."""
     output, checkpoint = Path(args.output).expanduser().resolve(), Path(args.ckpt).expanduser().resolve()
     check_flags(args, output, checkpoint)
     module = load_trained(checkpoint, base=args.base)
@@ -59,7 +54,7 @@ def main(argv: list[str]) -> None:
     whole = args.merge or method.saves_full_model or args.format == "onnx"
     if args.quantize and not whole:
         raise UserError("--quantize quantises the merged weights: add --merge (an adapter alone stays as trained)")
-    dtype = DTYPES[args.dtype or "fp32"] if args.dtype or args.format == "onnx" else base_dtype(source)
+    dtype = TORCH_DTYPES[args.dtype or "float32"] if args.dtype or args.format == "onnx" else base_dtype(source)
     vocab_size = module.model.config.vocab_size
     probes = [probe_inputs(vocab_size), probe_inputs(vocab_size, ONNX_CHECK_SHAPE, seed=1)]
     references = [logits(module.model, task, probe) for probe in probes]
@@ -85,7 +80,7 @@ def main(argv: list[str]) -> None:
             if args.quantize:
                 write_quantized(staging, task, args.quantize, dtype)
         else:
-            write_adapter(method, model, staging, DTYPES.get(args.dtype))
+            write_adapter(method, model, staging, TORCH_DTYPES.get(args.dtype))
         del model, module  # the reload below needs the memory
         if fmt != "onnx":
             check = compare(references[0], logits(load_exported(staging, base=source), task, probes[0]))
@@ -111,7 +106,7 @@ def check_flags(args, output: Path, checkpoint: Path) -> None:
         require_onnx()
     if args.format == "onnx" and args.quantize == "nf4":
         raise UserError("--format onnx --quantize nf4: ONNX Runtime has no NF4; use --quantize int8")
-    if args.format == "onnx" and args.dtype not in (None, "fp32"):
+    if args.format == "onnx" and args.dtype not in (None, "float32"):
         raise UserError(f"--format onnx --dtype {args.dtype}: the ONNX export is float32 (quantise with int8)")
     if output.is_file() and not args.overwrite:
         raise UserError(f"--output {output} is a file: add --overwrite to replace it")

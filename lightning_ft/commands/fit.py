@@ -1,18 +1,20 @@
-"""The LightningCLI of `lightning-ft fit / validate / test / predict`, and its parse-only variants for the other
-commands; one line for the user out of jsonargparse's errors."""
+"""`lightning-ft fit / validate / test / predict`: Lightning's LightningCLI over FineTuneModule and FineTuneDataModule.
+
+With the run dir's config, checkpoint defaults and resume point; and `CommandCLI`, the same parser for the
+commands built on a fit configuration (data, cv, sweep, slurm, lr-find, batch-size-find, prune).
+"""
 
 from __future__ import annotations
 
-import os
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ft.callbacks import (
     Checkpoint,
@@ -25,12 +27,11 @@ from lightning_ft.callbacks import (
     Throughput,
     progress_bar,
 )
-from lightning_ft.checkpoints import SafeCheckpointIO, check_checkpoint, newest_checkpoint
+from lightning_ft.checkpoints import SafeCheckpointIO, resume_point
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.distributed.presets import check_strategy, fill_data_parallel_size, fit_quant_storage
 from lightning_ft.errors import UserError
-from lightning_ft.files import remove_partial_files, write_atomically
-from lightning_ft.methods import METHODS
+from lightning_ft.files import write_atomically
 from lightning_ft.module import FineTuneModule
 from lightning_ft.precision import fastest_precision
 from lightning_ft.tracking import finish_wandb_runs, prepare_loggers
@@ -57,8 +58,18 @@ class SaveConfigToRunDir(SaveConfigCallback):
         write_atomically(run_dir / "config.yaml", lambda f: yaml.safe_dump(resolved, f, sort_keys=False), "w")
 
 
+def main(argv: list[str]) -> None:
+    """lightning-ft fit|validate|test|predict [--config X.yaml ...] [flags]"""
+    FineTuneCLI(args=argv)
+
+
 class FineTuneCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None) -> None:
+    """`lightning-ft fit / validate / test / predict`; with `run=False`, the same options without a subcommand (the
+    base of CommandCLI)."""
+
+    def __init__(self, args: list[str] | None = None, *, run: bool = True, prog: str = "lightning-ft") -> None:
+        top = {"exit_on_error": False, "prog": prog}
+        parser_kwargs = top | {name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} if run else top
         super().__init__(
             FineTuneModule,
             FineTuneDataModule,
@@ -71,9 +82,15 @@ class FineTuneCLI(LightningCLI):
                 "callbacks": [ClassificationMetrics(), Preemption(), Throughput(), RunRecord()],
                 "use_distributed_sampler": False,  # the DataModule shards the data itself (exact loss and metrics)
             },
-            parser_kwargs={name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} | {"exit_on_error": False},
+            parser_kwargs=parser_kwargs,
+            run=run,
             args=args,
         )
+
+    @property
+    def settings(self) -> Namespace:
+        """The parsed configuration of the run (trainer, model, data, ...), with or without a subcommand."""
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -99,7 +116,9 @@ class FineTuneCLI(LightningCLI):
         parser.link_arguments("model.num_labels", "data.num_labels")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        """Checks and fills in what the strategy needs; for a fit, prepares the run dir (a command built on a fit
+        configuration touches none)."""
+        config = self.settings
         check_strategy(config.trainer)
         fill_data_parallel_size(config.trainer)
         fit_quant_storage(config.trainer, config.model)
@@ -156,86 +175,56 @@ class FineTuneCLI(LightningCLI):
             )
 
 
-def resume_point(ckpt_path: str | None, run_dir: Path, tidy: bool = False) -> str | None:
-    """What `fit` resumes from.
+class CommandCLI(FineTuneCLI):
+    """The parser of a command built on a fit configuration, `lightning-ft COMMAND [fit options] [its options]`:
+    Lightning's parser without a subcommand (trainer, model, data, checkpoint, ...) plus the command's own options,
+    added by `arguments(parser)`; so `--help`, `--config` files, checks and errors are those of `fit`.
 
-    `auto` (the default; `last` means the same): the newest readable checkpoint in the run dir, or the start when
-    there is none, so rerunning a killed command continues it. A path: that checkpoint, checked now (a torn or
-    unsafe file is one error line, before a model loads). `null`: the start, refused when the run dir already
-    holds checkpoints (never overwritten). A requeued SLURM job always continues from the newest checkpoint.
-
-    `tidy` (the run about to train; not a SLURM submission, whose job may be writing there) removes the temp files
-    of saves a kill interrupted and sets unreadable checkpoints aside.
+    `build`: instantiate the model, the data module and the trainer (nothing runs, no run dir is touched); False
+    only parses and checks the configuration (no model is loaded on a SLURM login node).
     """
-    if tidy:
-        for leftover in remove_partial_files(run_dir / "checkpoints"):
-            rank_zero_info(f"removed {leftover}: a checkpoint write that a kill cut short")
-    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-    if ckpt_path in ("auto", "last") or requeued:
-        newest = newest_checkpoint(run_dir, set_aside=tidy)
-        rank_zero_info(
-            f"resuming from {newest}" if newest else f"no checkpoint in {run_dir} yet: training from the start"
-        )
-        return str(newest) if newest else None
-    if ckpt_path is None:
-        newest = newest_checkpoint(run_dir, set_aside=tidy)
-        if newest:
-            raise UserError(
-                f"--ckpt_path null starts afresh, but {run_dir} holds {newest}: resume with --ckpt_path auto, or "
-                "choose another --trainer.default_root_dir"
-            )
-        return None
-    check_checkpoint(Path(ckpt_path))
-    return ckpt_path
 
+    def __init__(
+        self,
+        command: str,
+        argv: list[str],
+        arguments: Callable[[LightningArgumentParser], None] | None = None,
+        build: bool = True,
+    ) -> None:
+        self._arguments, self._build, self.own_keys = arguments, build, []
+        super().__init__(args=argv, run=False, prog=f"lightning-ft {command}")
 
-class DataCLI(FineTuneCLI):
-    """`lightning-ft data`: parse a fit configuration, build only its data pipeline, report on it."""
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        if self._arguments is not None:
+            before = {action.dest for action in parser._actions}
+            self._arguments(parser)
+            self.own_keys = [action.dest for action in parser._actions if action.dest not in before]
 
     def before_instantiate_classes(self) -> None:
-        pass  # no run directory is touched: nothing trains
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        pass  # instantiate the classes, run nothing; `data_command` takes over
-
-
-class ConfigCLI(DataCLI):
-    """A fit configuration parsed and checked, nothing built (no model is loaded on a SLURM login node)."""
+        """Nothing: no run dir is touched, and the strategy is the command's to check (slurm checks it for the
+        allocation, not for this machine)."""
 
     def instantiate_classes(self) -> None:
-        pass
+        if self._build:
+            super().instantiate_classes()
 
     def after_instantiate_classes(self) -> None:
-        pass
+        if self._build:
+            super().after_instantiate_classes()
 
+    def fit_config(self, keep: tuple[str, ...] = ()) -> Namespace:
+        """The parsed configuration without this command's own options (but those in `keep`, which fit has too):
+        what a `fit` of it would parse."""
+        config = self.config.clone()
+        for key in self.own_keys:
+            if key not in keep:
+                del config[key]
+        return config
 
-def explain(err: Exception, argv: list[str] = ()) -> str:
-    """One line for the user; jsonargparse's multi-line union reports become the choices they had, and an unknown
-    key is traced to the --config file that holds it."""
-    message = " ".join(str(err).split())
-    unknown = re.match(r'Parser key "model.method":.*Given value: (\S+)', message)
-    if unknown:
-        choices = ", ".join(cls.__name__ for cls in METHODS)
-        return f"--model.method: unknown method '{unknown.group(1)}' (choose from {choices}, or a full class path)"
-    unexpected = re.search(r"does not accept option '([\w.]+)'", message)
-    if unexpected:
-        source = config_file_with_key(argv, unexpected.group(1))
-        return f"{source}: unknown key '{unexpected.group(1)}'" if source else message
-    return message
-
-
-def config_file_with_key(argv: list[str], key: str) -> str | None:
-    """The last `--config FILE` in argv whose YAML sets the dotted `key` (the one that wins), if any."""
-    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
-    files += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-    missing = object()
-    for path in reversed(files):
-        try:
-            node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            continue
-        for part in key.split("."):
-            node = node.get(part, missing) if isinstance(node, dict) else missing
-        if node is not missing:
-            return path
-    return None
+    def freeze(self, path: Path, keep: tuple[str, ...] = ()) -> Path:
+        """Save `fit_config(keep)` as a YAML file that `lightning-ft fit --config PATH` runs (cv folds, sweep trials
+        and SLURM jobs all start from such a file, so each is reproducible from it)."""
+        text = self.parser.dump(self.fit_config(keep), skip_none=False, skip_check=True)
+        write_atomically(path, lambda f: f.write(text), "w")
+        return path
