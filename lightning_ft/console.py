@@ -18,6 +18,8 @@ WARNINGS = (
     (r"Total length of `list` across ranks is zero", UserWarning),
     # The summary's size estimate in MB is off under bf16/fp16; the parameter counts it prints are right.
     (r"Precision .* is not supported by the model summary", UserWarning),
+    # Lightning 2.6's own pytree helper uses torch's deprecated LeafSpec check; nothing for a user to change.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning),
     # We hand LightningCLI the (filtered) command line ourselves; its warning about that is meant for other cases.
     (r"LightningCLI's args parameter", UserWarning),
 )

@@ -41,7 +41,9 @@ RECIPE_RUNS = [(c, "classification" in c.stem) for c in CONFIGS] + [(ROOT / "con
     RECIPE_RUNS,
     ids=[c.stem + ("-as-classifier" * (k and "classification" not in c.stem)) for c, k in RECIPE_RUNS],
 )
-def test_every_shipped_config_fits_two_steps(cli, fit_args, tiny_model, tmp_path, caplog, config, classification):
+def test_every_shipped_config_fits_two_steps(
+    cli, fit_args, tiny_model, tmp_path, caplog, capsys, config, classification
+):
     """Each recipe with the contract flags; lora.yaml also turned into a classifier by flags alone."""
     run_dir = tmp_path / config.stem
     # The recipes' teacher is a hub model; here the tiny model teaches itself (same tokenizer, as it must be).
@@ -54,6 +56,10 @@ def test_every_shipped_config_fits_two_steps(cli, fit_args, tiny_model, tmp_path
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert load_ckpt(run_dir)["global_step"] == 2
+    shown = capsys.readouterr().out  # every validation metric, and a classifier's confusion matrix with its labels
+    assert re.search(r"validation at step 2: .*val_loss", shown)
+    if classification:
+        assert "val_accuracy" in shown and re.search(r"true \\ predicted\s*┃ neg\s*┃ pos", shown)
 
 
 def test_lora_checkpoint_holds_only_the_adapter(cli, fit_args, tmp_path, tiny_model):

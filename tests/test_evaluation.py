@@ -16,7 +16,7 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
 from lightning_ft import FineTuneDataModule, FineTuneModule, LoRA
-from lightning_ft.callbacks import Checkpoint, GenerationMetrics, RestoreBestWeights
+from lightning_ft.callbacks import Checkpoint, ConsoleSummary, GenerationMetrics, RestoreBestWeights
 from lightning_ft.callbacks.classification import ClassificationMetrics, build_metrics
 from lightning_ft.callbacks.generation import sacrebleu_score
 from lightning_ft.constants import IGNORE_INDEX
@@ -125,7 +125,7 @@ class ScriptedScore(FineTuneModule):
             self.log("score", self.SCORES[self.current_epoch])
 
 
-def test_early_stopping_stops_on_schedule_and_the_best_weights_come_back(tiny_model, data_dir, tmp_path):
+def test_early_stopping_stops_on_schedule_and_the_best_weights_come_back(tiny_model, data_dir, tmp_path, capsys):
     seed_everything(0)
     module = ScriptedScore(str(tiny_model), method=LoRA(dropout=0.0))
     datamodule = FineTuneDataModule(
@@ -152,9 +152,14 @@ def test_early_stopping_stops_on_schedule_and_the_best_weights_come_back(tiny_mo
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
-        callbacks=[checkpoint, stopping, RestoreBestWeights()],
+        callbacks=[checkpoint, stopping, RestoreBestWeights(), ConsoleSummary()],
     )
     trainer.fit(module, datamodule)
+    # the console says why the fit ended before max_epochs
+    assert (
+        "early stopping at step 4: Monitored metric score did not improve in the last 2 records"
+        in capsys.readouterr().out
+    )
 
     # Best at epoch 1 (0.30); epochs 2 and 3 do not improve on it: patience 2 ends the run after epoch 3.
     assert stopping.stopped_epoch == 3 and trainer.current_epoch == 4

@@ -20,6 +20,7 @@ from torchmetrics.classification import (
 )
 
 AVERAGES = ("macro", "micro", "weighted")
+MAX_CLASSES_SHOWN = 10  # a larger confusion matrix stays in metrics/val_report.txt
 
 
 def build_metrics(num_classes: int) -> MetricCollection:
@@ -65,12 +66,15 @@ class ClassificationMetrics(Callback):
         self._update("test", outputs)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._finish("val", trainer, pl_module)
+        # the confusion matrix in the console at each validation while it is small enough to read there
+        self._finish("val", trainer, pl_module, show_confusion=len(self.label_names) <= MAX_CLASSES_SHOWN)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish("test", trainer, pl_module, show=True)
 
-    def _finish(self, split: str, trainer: Trainer, pl_module: LightningModule, show: bool = False) -> None:
+    def _finish(
+        self, split: str, trainer: Trainer, pl_module: LightningModule, show: bool = False, show_confusion: bool = False
+    ) -> None:
         if not len(self.metrics):
             return
         if trainer.sanity_checking:
@@ -83,6 +87,8 @@ class ClassificationMetrics(Callback):
             pl_module.log(f"{split}_{name}", value)
         if trainer.is_global_zero:
             self.save(report, Path(trainer.default_root_dir) / "metrics", split, show)
+            if show_confusion and not show:
+                Console().print(confusion_table(report, f"{split} confusion matrix at step {trainer.global_step}"))
 
     def report(self, values: dict[str, torch.Tensor]) -> dict:
         overall = {"accuracy": values["accuracy"].item()}
@@ -110,11 +116,11 @@ class ClassificationMetrics(Callback):
     def save(self, report: dict, folder: Path, split: str, show: bool) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{split}_report.json").write_text(json.dumps(report, indent=2))
-        table = report_table(report, f"{split} classification report")
+        tables = [report_table(report, f"{split} classification report"), confusion_table(report, "confusion matrix")]
         with (folder / f"{split}_report.txt").open("w") as f:
-            Console(file=f, width=120).print(table)
+            Console(file=f, width=120).print(*tables)
         if show:
-            Console().print(table)
+            Console().print(*tables)
 
 
 def report_table(report: dict, title: str) -> Table:
@@ -129,4 +135,15 @@ def report_table(report: dict, title: str) -> Table:
             f"{average} avg", *(f"{overall[f'{n}_{average}']:.4f}" for n in ("precision", "recall", "f1")), str(support)
         )
     table.add_row("accuracy", "", "", f"{overall['accuracy']:.4f}", str(support))
+    return table
+
+
+def confusion_table(report: dict, title: str) -> Table:
+    """Rows are the true labels, columns the predicted ones (torchmetrics' layout), both named."""
+    table = Table(title=title)
+    table.add_column("true \\ predicted", justify="left")
+    for label in report["labels"]:
+        table.add_column(label, justify="right")
+    for label, row in zip(report["labels"], report["confusion_matrix"]):
+        table.add_row(label, *(str(int(count)) for count in row))
     return table

@@ -33,7 +33,8 @@ class RichProgress(RichProgressBar):
 
 
 class LogLines(ProgressBar):
-    """One line every `every_n_steps` optimizer steps (and at each validation): no carriage returns to fill a log."""
+    """One line every `every_n_steps` optimizer steps: no carriage returns to fill a log (ConsoleSummary prints the
+    validations)."""
 
     def __init__(self, every_n_steps: int = 10) -> None:
         super().__init__()
@@ -58,11 +59,6 @@ class LogLines(ProgressBar):
             return
         total = trainer.estimated_stepping_batches
         self.print_line(trainer, pl_module, f"step {step}/{total if total != float('inf') else '?'}")
-
-    @rank_zero_only
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._enabled and not trainer.sanity_checking:
-            self.print_line(trainer, pl_module, f"validation at step {trainer.global_step}")
 
     def print_line(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
         metrics = {**self.get_metrics(trainer, pl_module), **training_figures(trainer)}

@@ -19,12 +19,14 @@ from lightning.pytorch.plugins import CheckpointIO
 from lightning_ft.callbacks import (
     Checkpoint,
     ClassificationMetrics,
+    ConsoleSummary,
     GenerationMetrics,
     Preemption,
     RestoreBestWeights,
     RunRecord,
     StepGuard,
     Throughput,
+    ValidateAtMaxSteps,
     progress_bar,
 )
 from lightning_ft.checkpoints import SafeCheckpointIO, resume_point
@@ -78,8 +80,16 @@ class FineTuneCLI(LightningCLI):
             auto_configure_optimizers=False,  # the module's `optim` settings own the optimizer
             trainer_defaults={
                 # ClassificationMetrics is a no-op for causal LMs; Preemption checkpoints and stops on SIGUSR1;
-                # RunRecord keeps run.json, with Throughput's totals
-                "callbacks": [ClassificationMetrics(), Preemption(), Throughput(), RunRecord()],
+                # RunRecord keeps run.json, with Throughput's totals; a run shorter than its validation interval
+                # validates on its last step; ConsoleSummary prints every validation metric and an early stop
+                "callbacks": [
+                    ClassificationMetrics(),
+                    Preemption(),
+                    Throughput(),
+                    RunRecord(),
+                    ValidateAtMaxSteps(),
+                    ConsoleSummary(),
+                ],
                 "use_distributed_sampler": False,  # the DataModule shards the data itself (exact loss and metrics)
             },
             parser_kwargs=parser_kwargs,
