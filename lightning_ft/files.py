@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -26,15 +27,42 @@ def write_atomically(path: Path, write: Callable[[IO], object], mode: str = "wb"
     when the write fails, and only a kill can leave it (see `remove_partial_files`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+        os.fchmod(descriptor, 0o666 & ~current_umask())  # mkstemp's 0600 would hide run files from the team
         with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
         commit(Path(temporary), path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as err:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+        cause = storage_error(err)
+        if cause is not None:  # torch.save, for one, turns a full disk into an obscure RuntimeError
+            raise UserError(f"cannot write {path}: {cause.strerror} (what was there before is untouched)") from err
         raise
+
+
+# A file system that cannot take the write: full, over quota, read-only, or not ours to write.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(err: BaseException) -> OSError | None:
+    """The OSError of a full, read-only or forbidden file system somewhere in an exception's chain of causes."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRORS:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def partial_path(path: Path) -> Path:

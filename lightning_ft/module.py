@@ -296,6 +296,9 @@ class FineTuneModule(LightningModule):
         if isinstance(states, list):  # one per process; a run resumed on fewer or more processes takes what there is
             states = states[self.global_rank % len(states)]
         self.resumed_rng_states = states
+        task = checkpoint.get("hyper_parameters", {}).get("task")
+        if task and task != self.hparams.task:  # the other head: its weights and optimizer state cannot fit
+            raise UserError(f"the checkpoint is a {task} model; this run trains --model.task {self.hparams.task}")
         base, here = saved.get("base"), base_fingerprint(self.model)
         if base and base != here:
             differences = ", ".join(

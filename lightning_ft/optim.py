@@ -41,6 +41,14 @@ class Optim:
             raise UserError("set either --model.optim.warmup_steps or --model.optim.warmup_ratio, not both")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"--model.optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        # torch checks these only when the optimizer is built, after the model and the data are loaded
+        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("eps", self.eps)):
+            if not value >= 0.0:  # also NaN
+                raise UserError(f"--model.optim.{name} must be >= 0, got {value}")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise UserError(f"--model.optim.betas must each be in [0, 1), got {list(self.betas)}")
+        if self.warmup_steps < 0:
+            raise UserError(f"--model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

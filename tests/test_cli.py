@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -22,14 +23,11 @@ def load_ckpt(run_dir: Path, name: str = "last.ckpt") -> dict:
 
 
 def test_print_config_round_trips(cli, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["fit", "--config", str(ROOT / "configs/lora.yaml"), "--print_config"])
-    assert exit_info.value.code == 0
+    assert cli(["fit", "--config", str(ROOT / "configs/lora.yaml"), "--print_config"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"class_path: lightning_ft\S*\.LoRA\n", printed)
     (tmp_path / "printed.yaml").write_text(printed)
-    with pytest.raises(SystemExit):
-        cli(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
+    assert cli(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"]) == 0
     assert capsys.readouterr().out == printed
 
 
@@ -131,11 +129,14 @@ def test_a_rerun_continues_from_the_newest_checkpoint_and_null_refuses(cli, fit_
             "--data.format: unknown format 'chatml' (choose from text, instruction, chat, classification)",
         ),
         (["--model.optim.lr", "fast"], "--model.optim.lr: expected a number, got 'fast'"),
+        (["--model.optim.lr=-1e-3"], "--model.optim.lr must be >= 0, got -0.001"),
+        (["--model.method", "LoRA", "--model.method.r", "0"], "--model.method.r must be positive, got 0"),
+        (["--trainer.default_root_dir", "/sys/run"], "cannot write /sys/run: Operation not permitted"),
     ],
-    ids=["model-path", "method", "target-modules", "data-file", "format", "bad-value"],
+    ids=["model-path", "method", "target-modules", "data-file", "format", "bad-value", "lr", "rank", "read-only"],
 )
 def test_bad_input_is_one_error_line(cli, fit_args, capsys, flags, message):
-    assert cli(fit_args(*flags)) == 2
+    assert cli(fit_args(*flags)) == (1 if "cannot write" in message else 2)  # 1: not a mistake in the command
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], errors
 
@@ -187,3 +188,25 @@ def test_console_script_exit_status_and_message(tmp_path):
         [sys.executable, "-m", "lightning_ft", "fit", "--help"], capture_output=True, text=True, check=False
     )
     assert module_help.returncode == 0 and "--model.method" in module_help.stdout
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(cli, fit_args, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    assert cli(fit_args()) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.match(r"error: cannot write \S+/checkpoints/\S+\.ckpt: No space left", errors[0])
+    assert (tmp_path / "run/config.yaml").read_text().startswith("seed_everything:")
+    assert list((tmp_path / "run/checkpoints").iterdir()) == []  # no partial file left behind
+
+
+def test_a_classifier_checkpoint_does_not_resume_a_causal_lm(cli, fit_args, tmp_path, capsys):
+    assert cli(fit_args(run_dir=tmp_path / "classifier", classification=True)) == 0
+    ckpt = tmp_path / "classifier/checkpoints/last.ckpt"
+    assert cli(fit_args("--ckpt_path", str(ckpt))) == 2
+    assert (
+        "error: the checkpoint is a sequence_classification model; this run trains --model.task causal_lm"
+        in capsys.readouterr().err
+    )

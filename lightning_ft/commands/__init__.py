@@ -97,9 +97,19 @@ def run(name: str, argv: list[str], debug: bool) -> int:
             return PREEMPTED_EXIT_STATUS
         if debug:
             raise
+        cause = user_error_cause(err)
+        if cause is not None:  # our own check, run inside a library (jsonargparse instantiating a method)
+            print(f"error: {explain(cause, argv)}", file=sys.stderr)
+            return 2
         if is_user_error(err):  # Lightning's own flag and config errors
             print(f"error: {explain(err, argv)}", file=sys.stderr)
             return 2
+        from lightning_ft.files import storage_error
+
+        full = storage_error(err)
+        if full is not None:  # a folder a library made or wrote in itself (the run dir, a logger's)
+            print(f"error: cannot write {full.filename or 'the output'}: {full.strerror}", file=sys.stderr)
+            return 1
         from lightning_ft.callbacks.guard import is_out_of_memory
 
         if not is_out_of_memory(err):
@@ -108,6 +118,17 @@ def run(name: str, argv: list[str], debug: bool) -> int:
         print(f"error: {advice}", file=sys.stderr)
         return 1
     return 0
+
+
+def user_error_cause(err: BaseException) -> UserError | None:
+    """The UserError that an exception was raised from, however deep in its chain of causes."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def overview() -> str:
