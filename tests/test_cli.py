@@ -210,3 +210,11 @@ def test_a_classifier_checkpoint_does_not_resume_a_causal_lm(cli, fit_args, tmp_
         "error: the checkpoint is a sequence_classification model; this run trains --model.task causal_lm"
         in capsys.readouterr().err
     )
+
+
+def test_a_validation_split_carved_from_train_picks_the_best_checkpoint(cli, fit_args, tmp_path):
+    """No val file, but --data.split.val_fraction: the run validates, so "best" is the lowest val_loss."""
+    assert cli(fit_args("--data.val_path", "null", "--data.split.val_fraction", "0.25")) == 0
+    selection = json.loads((tmp_path / "run/checkpoints/selection.json").read_text())
+    assert selection["monitor"] == "val_loss" and selection["best_model_score"] is not None
+    assert selection["restored_best"]

@@ -247,4 +247,9 @@ def test_cross_validation_reports_mean_and_std(cli, tiny_model, data_dir, tmp_pa
     assert result["summary"]["val_accuracy"]["mean"] == pytest.approx(mean)
     std = (sum((a - mean) ** 2 for a in accuracies) / 2) ** 0.5
     assert result["summary"]["val_accuracy"]["std"] == pytest.approx(std)
-    assert "3-fold cross-validation" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "3-fold cross-validation" in shown
+    assert "fold 2 of 3: validating on fold 1" in shown and shown.count("Trainable params") == 1  # one model summary
+    for fold in range(3):  # each fold's validation split picks its best checkpoint (by val_loss, not the last one)
+        selection = json.loads((root / f"fold_{fold}/checkpoints/selection.json").read_text())
+        assert selection["monitor"] == "val_loss" and selection["best_model_score"] is not None

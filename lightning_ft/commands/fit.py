@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO
 
@@ -109,7 +109,7 @@ class FineTuneCLI(LightningCLI):
         parser.add_lightning_class_args(StepGuard, "guard")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val_loss",  # dropped when there is no validation data
+                "checkpoint.monitor": "val_loss",  # dropped when the data has no validation split
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
@@ -132,8 +132,6 @@ class FineTuneCLI(LightningCLI):
         check_strategy(config.trainer)
         fill_data_parallel_size(config.trainer)
         fit_quant_storage(config.trainer, config.model)
-        if self.subcommand == "fit" and not config.data.val_path and config.checkpoint.monitor:
-            config.checkpoint.monitor = None  # no validation: "best" is simply the latest checkpoint
         if self.subcommand == "fit":
             run_dir = Path(config.trainer.default_root_dir or ".")
             config.ckpt_path = resume_point(config.ckpt_path, run_dir, tidy=True)
@@ -175,6 +173,10 @@ class FineTuneCLI(LightningCLI):
             finish_wandb_runs(self.trainer.loggers)
 
     def after_instantiate_classes(self) -> None:
+        if not self.datamodule.validates:  # no validation: "best" is simply the latest checkpoint
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    callback.monitor = None
         wanted = self.datamodule.format.task
         if wanted != self.model.hparams.task:
             raise UserError(f"--data.format {type(self.datamodule.format).__name__} needs --model.task {wanted}")

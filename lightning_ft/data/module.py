@@ -127,6 +127,12 @@ class FineTuneDataModule(LightningDataModule):
         self.report: dict | None = None
         self.train_sampler: StepBatchSampler | None = None
 
+    @property
+    def validates(self) -> bool:
+        """Whether a fit on this data has validation data: a val file, or a split carved from the training file.
+        Known before any file is read (the checkpoint callback's monitor depends on it)."""
+        return bool(self.sources["val"]) or self.split.carves_val
+
     def resolve_batching(self, batching: str) -> str:
         """ "auto" packs causal-LM data and pads classification data (BENCHMARKS.md has the measurements).
 

@@ -38,6 +38,11 @@ class SplitSpec:
     fold: int = 0
     time_field: str | None = None
 
+    @property
+    def carves_val(self) -> bool:
+        """Whether a validation split is taken from the training file (a share, or a k-fold fold)."""
+        return self.val_fraction > 0 or self.num_folds is not None
+
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
