@@ -205,6 +205,7 @@ def test_oracle_scores_exactly_100_percent_on_every_benchmark(bench):
     assert report["samples"] == {"mmlu": 8, **counts}
     shots = {"mmlu_toy_animals": 5, "mmlu_toy_math": 5, "hellaswag": 0, "gsm8k": 5, "humaneval": 0, "truthfulqa": 0}
     assert report["config"]["num_fewshot"] == shots
+    assert report["config"]["max_new_tokens"] == {"gsm8k": 256, "humaneval": 1024}
     json.dumps(report)  # JSON-serialisable as it is
 
 

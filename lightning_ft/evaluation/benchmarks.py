@@ -356,6 +356,10 @@ def evaluate(
         "data_dir": str(data_dir.resolve()),
         "limit": limit,
         "num_fewshot": {name: shots[name] for name in names if name in shots},
+        "max_new_tokens": {  # 256: lm-eval's default where its gsm8k configs set none
+            **{name: gsm8k_max_new_tokens or 256 for name in names if name.startswith("gsm8k")},
+            **({"humaneval": humaneval_max_new_tokens or HUMANEVAL_MAX_NEW_TOKENS} if problems else {}),
+        },
         "lm_eval_version": importlib.metadata.version("lm_eval"),
     }
     if problems:
