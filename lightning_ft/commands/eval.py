@@ -26,7 +26,7 @@ def parser():
         "--num_fewshot",
         type=int | None,
         default=None,
-        help="few-shot examples for mmlu and gsm8k (default: 5 each, as lm-eval)",
+        help="few-shot examples: mmlu (default 5, as published), gsm8k (5) and gsm8k_cot (8), as lm-eval",
     )
     add("--output", type=str | None, default=None, help="write the results as JSON here")
     add("--baseline", type=str | None, default=None, help="an earlier --output JSON: show the change of each score")
