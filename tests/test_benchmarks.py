@@ -3,6 +3,7 @@ on the tiny model, the real files when ../shared/datasets is there, the sandbox,
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import json
@@ -17,11 +18,22 @@ from conftest import ROOT, SHARED_DATASETS
 from lm_eval.api.model import LM
 
 from lightning_ft.commands.eval import main
+from lightning_ft.commands.eval import parser as eval_parser
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation import sandbox
-from lightning_ft.evaluation.benchmarks import TASKS, evaluate, pass_at_k
+from lightning_ft.evaluation.benchmark_files import read_hellaswag
+from lightning_ft.evaluation.benchmarks import (
+    HUMANEVAL_MAX_NEW_TOKENS,
+    LOCAL,
+    _official_path,
+    _prepare,
+    evaluate,
+    official_config,
+    pass_at_k,
+)
 from lightning_ft.trained import load_causal_lm
 
+TASKS = ("mmlu", "hellaswag", "gsm8k", "humaneval", "truthfulqa")  # the fixtures' Oracle answers gsm8k's format
 MMLU = {  # subject -> (question, choices, gold index); gold letters balanced, so always-"A" scores exactly 25%
     "toy_math": [
         ("What is 1 + 1?", ["2", "3", "4", "5"], 0),
@@ -191,8 +203,9 @@ def test_oracle_scores_exactly_100_percent_on_every_benchmark(bench):
     }
     counts = {"mmlu_toy_animals": 4, "mmlu_toy_math": 4, "hellaswag": 4, "gsm8k": 4, "truthfulqa": 3, "humaneval": 4}
     assert report["samples"] == {"mmlu": 8, **counts}
-    shots = {"mmlu_toy_animals": 5, "mmlu_toy_math": 5, "hellaswag": 0, "gsm8k": 8, "humaneval": 0, "truthfulqa": 0}
+    shots = {"mmlu_toy_animals": 5, "mmlu_toy_math": 5, "hellaswag": 0, "gsm8k": 5, "humaneval": 0, "truthfulqa": 0}
     assert report["config"]["num_fewshot"] == shots
+    assert report["config"]["max_new_tokens"] == {"gsm8k": 256, "humaneval": 1024}
     json.dumps(report)  # JSON-serialisable as it is
 
 
@@ -238,6 +251,105 @@ def test_pass_at_k_matches_the_formula():
     assert pass_at_k(1, 1, 1) == 1.0
 
 
+# ------------------------------------------------- the same requests as lm-eval's official tasks on the same rows
+
+
+def requests(tasks_dir: Path, name: str) -> list[tuple]:
+    """(request type, context, continuation or generation kwargs) of every request, few-shot seeded as lm-eval."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    task = get_task_dict([name], TaskManager(include_path=str(tasks_dir), include_defaults=False))[name]
+    task.set_fewshot_seed(seed=1234)
+    task.build_all_requests(rank=0, world_size=1)
+    return [(r.request_type, *r.arguments) for r in task.instances]
+
+
+def official_requests(tmp_path: Path, name: str, data_files: dict[str, str], **overrides) -> list[tuple]:
+    """lm-eval's own config of `name`, its data source swapped for local rows in the format it expects."""
+    (tmp_path / "official").mkdir()
+    config = {"include": str(_official_path(name)), "task": name, **LOCAL, "dataset_kwargs": {"data_files": data_files}}
+    (tmp_path / "official" / f"{name}.yaml").write_text(json.dumps(config | overrides))
+    return requests(tmp_path / "official", name)
+
+
+def ours(tmp_path: Path, name: str, data_dir: Path, **options) -> list[tuple]:
+    _prepare([name], data_dir, tmp_path / "ours", options.get("num_fewshot"), options.get("gsm8k_max_new_tokens"))
+    return requests(tmp_path / "ours" / "tasks", name)
+
+
+@pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets is not here")
+@pytest.mark.parametrize("name", ["gsm8k", "gsm8k_cot"])
+def test_gsm8k_requests_equal_lm_evals_official_task(tmp_path, name):
+    """Shots (gsm8k 5 from train, gsm8k_cot its 8 exemplars), prompts and generation kwargs, request by request."""
+    data = tmp_path / "data"  # the first 20 test questions; shots drawn from the whole train file
+    (data / "gsm8k").mkdir(parents=True)
+    head = (SHARED_DATASETS / "gsm8k/test.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:20]
+    (data / "gsm8k/test.jsonl").write_text("".join(head), encoding="utf-8")
+    (data / "gsm8k/train.jsonl").symlink_to(SHARED_DATASETS / "gsm8k/train.jsonl")
+    files = {"test": str(data / "gsm8k/test.jsonl"), "train": str(data / "gsm8k/train.jsonl")}
+    official = official_requests(tmp_path, name, files)
+    assert ours(tmp_path, name, data) == official
+    assert official[0][1].count("Question:" if name == "gsm8k" else "Q:") == (6 if name == "gsm8k" else 9)
+    assert "max_gen_toks" not in official[0][2]  # lm-eval's config leaves the length to the model (HFLM: 256)
+    longer = ours(tmp_path / "long", name, data, gsm8k_max_new_tokens=512)
+    assert [r[2] for r in longer][:1] == [official[0][2] | {"max_gen_toks": 512}]
+
+
+HELLASWAG_ROWS = [  # rowanz's fields; ctx_b starts lower-case (lm-eval capitalises it) or is empty
+    ("Roof shingle removal", "A man is sitting on a roof.", "he"),
+    ("Clean and jerk", "A lady walks to a barbell. She bends down and grabs the pole.", "the lady"),
+    ("Canoeing", "Two women are shown in a canoe. A man pulls it!", "the child and a different Man"),
+    ("Home and Garden", "[header] How to rake leaves [title] Pick a rake. [step] Use a wide one.", ""),
+]
+
+
+def test_hellaswag_requests_equal_lm_evals_official_task_from_both_files(tmp_path):
+    """rowanz's original file goes through exactly; the text re-export (ctx = ctx_a + " " + ctx_b, lm-eval's
+    cleaning applied, no ctx_a/ctx_b) gets ctx_b's capital back: the same prompts where lm-eval capitalises."""
+    endings = ["is using wrap.", "is ripping tiles [step] off.", "holds a cube.", "starts pulling up roofing."]
+    original = [
+        {"activity_label": a, "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": f"{ctx_a} {ctx_b}".strip(), "endings": endings}
+        | {"label": i % 4}
+        for i, (a, ctx_a, ctx_b) in enumerate(HELLASWAG_ROWS)
+    ]
+    write_jsonl(tmp_path / "original/hellaswag_val/hellaswag_val.jsonl.gz", original)
+    validation = {"validation": str(tmp_path / "original/hellaswag_val/hellaswag_val.jsonl.gz")}
+    official = official_requests(tmp_path, "hellaswag", validation, training_split=None)  # no train file here
+    assert official[0][1] == "Roof shingle removal: A man is sitting on a roof. He"
+    assert ours(tmp_path / "a", "hellaswag", tmp_path / "original") == official
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    export = [
+        {"activity_label": r["activity_label"], "ctx": preprocess(r["ctx"])} | {"endings": endings, "label": r["label"]}
+        for r in original
+    ]
+    write_jsonl(tmp_path / "export/hellaswag_val/hellaswag_val.jsonl.gz", export)
+    assert ours(tmp_path / "b", "hellaswag", tmp_path / "export") == official
+    assert [(d["ctx_a"], d["ctx_b"]) for d in read_hellaswag(tmp_path / "export/hellaswag_val/hellaswag_val.jsonl.gz")][
+        :3
+    ] == [r[1:] for r in HELLASWAG_ROWS[:3]]
+
+
+def test_eval_flags_are_per_task_generation_lengths():
+    args = eval_parser().parse_args(["--model", "m", "--tasks", "gsm8k", "--gsm8k_max_new_tokens", "300"])
+    assert (args.gsm8k_max_new_tokens, args.humaneval_max_new_tokens) == (300, 1024)
+    assert HUMANEVAL_MAX_NEW_TOKENS == official_config("humaneval")["generation_kwargs"]["max_gen_toks"] == 1024
+    with pytest.raises(argparse.ArgumentError, match="unrecognized arguments: --max_new_tokens 8"):
+        eval_parser().parse_args(["--model", "m", "--tasks", "gsm8k", "--max_new_tokens", "8"])
+
+
+class LengthProbe(Constant):
+    def generate_until(self, requests):
+        self.lengths = [r.args[1].get("max_gen_toks") for r in requests]
+        return super().generate_until(requests)
+
+
+def test_humaneval_defaults_to_lm_evals_1024_new_tokens(bench):
+    probe = LengthProbe()
+    evaluate(probe, ["humaneval"], bench, allow_code_execution=True, limit=1)
+    assert probe.lengths == [1024]
+
+
 # ------------------------------------------------------------------------------------- the real model path
 
 
@@ -245,7 +357,7 @@ def test_tiny_model_end_to_end_with_output_and_baseline(tiny_model, bench, tmp_p
     baseline = tmp_path / "old.json"
     baseline.write_text(json.dumps({"results": {"hellaswag": {"acc": 0.5}, "mmlu": {"acc": 0.0}}}))
     out = tmp_path / "res" / "results.json"
-    flags = "--limit 2 --max_new_tokens 8 --allow_code_execution --device cpu --batch_size 4"
+    flags = "--limit 2 --gsm8k_max_new_tokens 8 --humaneval_max_new_tokens 8 --allow_code_execution --device cpu --batch_size 4"
     main(
         [
             *f"--model {tiny_model} --tasks {','.join(TASKS)} --data_dir {bench} {flags}".split(),
@@ -287,7 +399,7 @@ def test_load_causal_lm_merges_a_lora_checkpoint_from_fit(cli, fit_args, tmp_pat
 def test_real_benchmark_files_with_the_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "real.json"
     tasks = "mmlu_abstract_algebra,hellaswag,gsm8k,humaneval,truthfulqa"
-    flags = "--limit 20 --max_new_tokens 8 --num_fewshot 2 --allow_code_execution --device cpu --batch_size 16"
+    flags = "--limit 20 --gsm8k_max_new_tokens 8 --humaneval_max_new_tokens 8 --num_fewshot 2 --allow_code_execution --device cpu --batch_size 16"
     main(
         [
             *f"--model {tiny_model} --tasks {tasks} {flags}".split(),
@@ -346,7 +458,9 @@ def test_sandbox_cannot_write_outside_its_dir_nor_reach_a_network():
 
 
 def test_unknown_task_lists_the_known_ones(bench):
-    with pytest.raises(UserError, match=r"unknown task 'mmlu-pro' \(known: mmlu, hellaswag, gsm8k, humaneval"):
+    with pytest.raises(
+        UserError, match=r"unknown task 'mmlu-pro' \(known: mmlu, hellaswag, gsm8k, gsm8k_cot, humaneval"
+    ):
         evaluate(Constant(), ["mmlu-pro"], bench)
     with pytest.raises(UserError, match="unknown MMLU subject 'mmlu_astrology'"):
         evaluate(Constant(), ["mmlu_astrology"], bench)

@@ -12,7 +12,7 @@ from lightning_ft.constants import DType
 from lightning_ft.errors import UserError
 from lightning_ft.files import output_file, write_json_atomically
 
-TASKS = "mmlu, hellaswag, gsm8k, humaneval, truthfulqa (or mmlu_<subject>)"
+TASKS = "mmlu, hellaswag, gsm8k, gsm8k_cot, humaneval, truthfulqa (or mmlu_<subject>)"
 
 
 def parser():
@@ -22,7 +22,12 @@ def parser():
     add("--tasks", type=str, required=True, help=f"comma-separated: {TASKS}")
     add("--data_dir", type=str, default="../shared/datasets", help="benchmark files, in their published layout")
     add("--limit", type=int | None, default=None, help="at most N items per task (per MMLU subject): quick checks")
-    add("--num_fewshot", type=int | None, default=None, help="few-shot examples for mmlu (default 5) and gsm8k (8)")
+    add(
+        "--num_fewshot",
+        type=int | None,
+        default=None,
+        help="few-shot examples: mmlu (default 5, as published), gsm8k (5) and gsm8k_cot (8), as lm-eval",
+    )
     add("--output", type=str | None, default=None, help="write the results as JSON here")
     add("--baseline", type=str | None, default=None, help="an earlier --output JSON: show the change of each score")
     add("--allow_code_execution", action="store_true", help="needed for humaneval: runs model-written code")
@@ -30,7 +35,8 @@ def parser():
     add("--k", type=str, default="1", help="humaneval pass@k for these k, comma-separated (each <= num_samples)")
     add("--temperature", type=float, default=0.8, help="humaneval sampling temperature when num_samples > 1")
     add("--timeout", type=float, default=10.0, help="humaneval seconds per sample before it counts as failed")
-    add("--max_new_tokens", type=int | None, default=None, help="generation length (default: gsm8k 256, humaneval 512)")
+    add("--gsm8k_max_new_tokens", type=int | None, default=None, help="gsm8k(_cot) new tokens (default: lm-eval's 256)")
+    add("--humaneval_max_new_tokens", type=int, default=1024, help="humaneval new tokens (lm-eval's humaneval: 1024)")
     add("--batch_size", type=int, default=8, help="batch size of the lm-eval HF model wrapper")
     add("--device", type=str | None, choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     add("--dtype", type=DType, default="auto", help="the weights' dtype (auto: as stored)")
@@ -57,7 +63,8 @@ def main(argv: list[str]) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     options = {name: args[name] for name in ("limit", "num_fewshot", "allow_code_execution", "num_samples")}
-    options |= {name: args[name] for name in ("max_new_tokens", "temperature", "timeout")}
+    options |= {name: args[name] for name in ("gsm8k_max_new_tokens", "humaneval_max_new_tokens")}
+    options |= {name: args[name] for name in ("temperature", "timeout")}
     report = evaluate_model(
         args.model, tasks, data_dir, device=device, dtype=args.dtype, batch_size=args.batch_size, ks=ks, **options
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 from pathlib import Path
 
 from lightning_ft.errors import UserError
@@ -84,10 +85,24 @@ def read_mmlu(path: Path) -> list[dict]:
     return docs
 
 
-def read_hellaswag(path: Path) -> list[dict]:
-    """query and 4 endings cleaned as lm-eval's hellaswag does; also reads rowanz's original (ctx_a, ctx_b)."""
-    from lm_eval.tasks.hellaswag.utils import preprocess as hellaswag_preprocess  # lm-eval's own cleaning
+SENTENCE_END = re.compile(r"[.!?] ")
 
+
+def split_context(ctx: str) -> tuple[str, str]:
+    """(ctx_a, ctx_b) back from a re-export's `ctx` = ctx_a + " " + ctx_b: ctx_b is the unfinished fragment after
+    the last sentence end (ActivityNet items: "the lady"), empty when the context ends a sentence."""
+    if ctx.rstrip().endswith((".", "!", "?")):
+        return ctx, ""
+    ends = list(SENTENCE_END.finditer(ctx))
+    if not ends:
+        return ctx, ""
+    return ctx[: ends[-1].start() + 1], ctx[ends[-1].end() :]
+
+
+def read_hellaswag(path: Path) -> list[dict]:
+    """Rows in rowanz's original fields (activity_label, ctx_a, ctx_b, endings, label), which lm-eval's own
+    hellaswag `process_docs` turns into its prompt. rowanz's file is passed through exactly; a text re-export
+    (`ctx` only) gets ctx_a and ctx_b back by `split_context`."""
     docs = []
     for line, row in _jsonl(path):
         endings, label = row.get("endings"), row.get("label")
@@ -95,13 +110,14 @@ def read_hellaswag(path: Path) -> list[dict]:
             raise _malformed(path, line, "'endings' must be a list of 4 strings")
         if str(label) not in ("0", "1", "2", "3"):
             raise _malformed(path, line, f"'label' must be 0-3, got {label!r}")
-        if "query" in row:
-            query = _text(path, line, row, "query")
+        if "ctx_a" in row:
+            ctx_a, ctx_b = _text(path, line, row, "ctx_a"), _text(path, line, row, "ctx_b")
         else:
-            ctx = _text(path, line, row, "ctx_a") + " " + _text(path, line, row, "ctx_b").capitalize()
-            query = _text(path, line, row, "activity_label") + ": " + ctx
-        choices = [hellaswag_preprocess(ending) for ending in endings]
-        docs.append({"query": hellaswag_preprocess(query), "choices": choices, "label": int(label)})
+            ctx_a, ctx_b = split_context(_text(path, line, row, "ctx"))
+        activity = _text(path, line, row, "activity_label")
+        docs.append(
+            {"activity_label": activity, "ctx_a": ctx_a, "ctx_b": ctx_b, "endings": endings, "label": int(label)}
+        )
     return docs
 
 

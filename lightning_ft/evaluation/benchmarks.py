@@ -1,8 +1,9 @@
-"""`lightning-ft eval`: MMLU, HellaSwag, GSM8K, HumanEval and TruthfulQA on local files, through lm-eval-harness.
+"""`lightning-ft eval`: MMLU, HellaSwag, GSM8K (and gsm8k_cot), HumanEval and TruthfulQA on local files, via lm-eval.
 
 Scores are meant to be comparable with published ones, so the harness does the work where it can: MMLU, HellaSwag
-and GSM8K run as lm-eval's own tasks (same prompts, few-shot sampling, filters and metrics; tasks/*.yaml copy
-them and only point them at local files). TruthfulQA runs through lm-eval too, from the authors' CSV, with MC1/MC2
+and GSM8K run as lm-eval's own tasks (same prompts, few-shot sampling, filters and metrics): the task YAML of
+a run includes lm-eval's installed config (OFFICIAL) and only points it at local files (LOCAL).
+TruthfulQA runs through lm-eval too, from the authors' CSV, with MC1/MC2
 computed as the authors' code does (`truthfulqa_scores`). HumanEval is scored here: lm-eval would execute the
 model's code in-process, while we run every sample in `sandbox` and compute pass@k ourselves.
 
@@ -44,17 +45,29 @@ from lightning_ft.evaluation.benchmark_files import (
 from lightning_ft.trained import load_causal_lm
 
 try:  # the optional `eval` extra
+    import lm_eval.tasks
     from lm_eval import simple_evaluate
     from lm_eval.api.instance import Instance
     from lm_eval.tasks import TaskManager
 except ImportError:  # pragma: no cover - depends on the installation
     simple_evaluate = None
 
-TASKS = ("mmlu", "hellaswag", "gsm8k", "humaneval", "truthfulqa")
+TASKS = ("mmlu", "hellaswag", "gsm8k", "gsm8k_cot", "humaneval", "truthfulqa")
 TASKS_DIR = Path(__file__).parent / "tasks"
+# lm-eval's own task configs, included by reference: only the data source is ours (LOCAL).
+OFFICIAL = {
+    "mmlu": "mmlu/default/_default_template_yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "gsm8k": "gsm8k/gsm8k.yaml",
+    "gsm8k_cot": "gsm8k/gsm8k-cot.yaml",
+    "humaneval": "humaneval/humaneval.yaml",
+}
+LOCAL = {"dataset_path": "json", "dataset_name": None}
+MMLU_SHOTS = 5  # Hendrycks et al.'s protocol; lm-eval's template sets none (0), published scores use 5
 FILES = {
     "hellaswag": "hellaswag_val/hellaswag_val.jsonl.gz",
     "gsm8k": "gsm8k/test.jsonl",
+    "gsm8k_cot": "gsm8k/test.jsonl",
     "humaneval": "humaneval/HumanEval.jsonl.gz",
     "truthfulqa": "truthfulqa/TruthfulQA.csv",
 }
@@ -64,10 +77,18 @@ METRICS = {
     "mmlu": {"acc": "acc,none"},
     "hellaswag": {"acc": "acc,none", "acc_norm": "acc_norm,none"},
     "gsm8k": {"exact_match": "exact_match,strict-match", "exact_match_flexible": "exact_match,flexible-extract"},
+    "gsm8k_cot": {"exact_match": "exact_match,strict-match", "exact_match_flexible": "exact_match,flexible-extract"},
     "truthfulqa": {"mc1": "mc1,none", "mc2": "mc2,none"},
 }
-HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # Chen et al. 2021, as lm-eval's humaneval
+HUMANEVAL_MAX_NEW_TOKENS = 1024  # lm-eval's humaneval.yaml (checked against it in the tests)
 SEED = 1234  # lm-eval's default seed, also for HumanEval sampling
+
+
+def official_config(task: str) -> dict:
+    """lm-eval's config of `task` (includes resolved, `!function` left as names)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(Path(lm_eval.tasks.__file__).parent / OFFICIAL[task], resolve_func=False)
 
 
 def truthfulqa_scores(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
@@ -140,12 +161,13 @@ def _write_jsonl(path: Path, docs: list[dict]) -> str:
     return str(path)
 
 
-def _write_task(work: Path, name: str, template: str, splits: dict[str, list[dict]], **overrides) -> None:
-    """A task YAML that includes our template and points lm-eval at this run's JSONL files."""
+def _write_task(work: Path, name: str, template: Path, splits: dict[str, list[dict]], **overrides) -> None:
+    """A task YAML that includes `template` (lm-eval's own config, or ours) and points it at this run's JSONL files."""
     files = {split: _write_jsonl(work / "data" / f"{name}.{split}.jsonl", docs) for split, docs in splits.items()}
     config = {
-        "include": str(TASKS_DIR / template),
+        "include": str(template),
         "task": name,
+        **LOCAL,
         "dataset_kwargs": {"data_files": files, "cache_dir": str(work / "cache")},
         **overrides,
     }
@@ -153,13 +175,25 @@ def _write_task(work: Path, name: str, template: str, splits: dict[str, list[dic
     (work / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
-def _prepare(names: list[str], data_dir: Path, work: Path, num_fewshot: int | None) -> dict[str, int]:
+def _official_path(task: str) -> Path:
+    return Path(lm_eval.tasks.__file__).parent / OFFICIAL[task]
+
+
+def _generation(task: str, max_new_tokens: int | None) -> dict:
+    """The official generation kwargs, with `max_gen_toks` only when the user set a length."""
+    kwargs = dict(official_config(task)["generation_kwargs"])
+    return {"generation_kwargs": kwargs | {"max_gen_toks": max_new_tokens}} if max_new_tokens else {}
+
+
+def _prepare(
+    names: list[str], data_dir: Path, work: Path, num_fewshot: int | None, gsm8k_max_new_tokens: int | None
+) -> dict[str, int]:
     """Read and check every file, write the lm-eval tasks; returns the few-shot count of each task."""
     shots = {}
     for name in names:
         if name.startswith("mmlu_"):
             subject = name.removeprefix("mmlu_")
-            k = 5 if num_fewshot is None else num_fewshot
+            k = MMLU_SHOTS if num_fewshot is None else num_fewshot
             splits = {"test": read_mmlu(_required(data_dir, f"mmlu/test/{subject}_test.csv", name))}
             if k:
                 dev = _required(data_dir, f"mmlu/dev/{subject}_dev.csv", name)
@@ -169,24 +203,30 @@ def _prepare(names: list[str], data_dir: Path, work: Path, num_fewshot: int | No
             topic = subject.replace("_", " ")
             description = f"The following are multiple choice questions (with answers) about {topic}.\n\n"
             extra = {} if k else {"fewshot_split": None}
-            _write_task(work, name, "mmlu.yaml", splits, num_fewshot=k, description=description, **extra)
+            _write_task(work, name, _official_path("mmlu"), splits, num_fewshot=k, description=description, **extra)
             shots[name] = k
         elif name == "hellaswag":
-            _write_task(work, name, "hellaswag.yaml", {"validation": read_hellaswag(data_dir / FILES[name])})
-            shots[name] = 0
-        elif name == "gsm8k":
-            has_train = (data_dir / GSM8K_TRAIN).is_file()
-            k = num_fewshot if num_fewshot is not None else 8 if has_train else 0
+            splits = {"validation": read_hellaswag(data_dir / FILES[name])}
+            _write_task(work, name, _official_path(name), splits, training_split=None)
+            shots[name] = official_config(name).get("num_fewshot", 0)
+        elif name in ("gsm8k", "gsm8k_cot"):
+            official = official_config(name).get("num_fewshot", 0)
+            k = official if num_fewshot is None else num_fewshot
             splits = {"test": read_gsm8k(data_dir / FILES[name])}
-            if k:
+            extra = _generation(name, gsm8k_max_new_tokens)
+            if k and name == "gsm8k" and (num_fewshot or (data_dir / GSM8K_TRAIN).is_file()):
                 splits["train"] = read_gsm8k(_required(data_dir, GSM8K_TRAIN, "gsm8k few-shot"))
-            elif num_fewshot is None:
+            elif k and name == "gsm8k":  # the default 5 shots, but no train file to draw them from
                 print(f"note: gsm8k runs zero-shot: no {GSM8K_TRAIN} in {data_dir.resolve()}", file=sys.stderr)
-            extra = {} if k else {"training_split": None, "fewshot_split": None}
-            _write_task(work, name, "gsm8k.yaml", splits, num_fewshot=k, **extra)
+                k = 0
+            if not k and name == "gsm8k":
+                extra |= {"training_split": None, "fewshot_split": None}
+            extra["num_fewshot"] = k  # gsm8k_cot's 8 exemplars are written into lm-eval's config
+            _write_task(work, name, _official_path(name), splits, **extra)
             shots[name] = k
         elif name == "truthfulqa":
-            _write_task(work, name, "truthfulqa.yaml", {"validation": read_truthfulqa(data_dir / FILES[name])})
+            splits = {"validation": read_truthfulqa(data_dir / FILES[name])}
+            _write_task(work, name, TASKS_DIR / "truthfulqa.yaml", splits)
             shots[name] = 0
         elif name == "humaneval":
             shots[name] = 0
@@ -196,16 +236,9 @@ def _prepare(names: list[str], data_dir: Path, work: Path, num_fewshot: int | No
 # ------------------------------------------------------------------------------------------------ evaluating
 
 
-def _run_harness(lm, names: list[str], work: Path, limit: int | None, max_new_tokens: int | None):
+def _run_harness(lm, names: list[str], work: Path, limit: int | None):
     manager = TaskManager(include_path=str(work / "tasks"), include_defaults=False)
-    output = simple_evaluate(
-        model=lm,
-        tasks=names,
-        task_manager=manager,
-        limit=limit,
-        log_samples=False,
-        gen_kwargs={"max_gen_toks": max_new_tokens} if max_new_tokens else None,
-    )
+    output = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, log_samples=False)
     return output["results"], {name: counts["effective"] for name, counts in output["n-samples"].items()}
 
 
@@ -233,7 +266,8 @@ def score_humaneval(
     do_sample = num_samples > 1
     if do_sample:
         torch.manual_seed(SEED)
-    gen_kwargs = {"until": HUMANEVAL_STOP, "max_gen_toks": max_new_tokens, "do_sample": do_sample}
+    stop = official_config("humaneval")["generation_kwargs"]["until"]  # Chen et al. 2021's stop sequences
+    gen_kwargs = {"until": stop, "max_gen_toks": max_new_tokens, "do_sample": do_sample}
     gen_kwargs["temperature"] = temperature if do_sample else 0.0
     requests = [
         Instance("generate_until", problem, (problem["prompt"], dict(gen_kwargs)), n, ("humaneval", i, num_samples))
@@ -243,8 +277,8 @@ def score_humaneval(
     completions = lm.generate_until(requests)
     programs = []
     for request, completion in zip(requests, completions, strict=True):
-        for stop in HUMANEVAL_STOP:  # HFLM stops there already; a scripted LM may not
-            completion = completion.split(stop)[0]
+        for sequence in stop:  # HFLM stops there already; a scripted LM may not
+            completion = completion.split(sequence)[0]
         problem = request.doc
         programs.append(f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n")
     outcomes = sandbox.run_programs(programs, timeout=timeout)
@@ -265,16 +299,19 @@ def evaluate(
     allow_code_execution: bool = False,
     num_samples: int = 1,
     ks: list[int] | None = None,
-    max_new_tokens: int | None = None,
+    gsm8k_max_new_tokens: int | None = None,
+    humaneval_max_new_tokens: int | None = None,
     temperature: float = 0.8,
     timeout: float = 10.0,
 ) -> dict:
     """Scores per task (and per MMLU subject, with their question-weighted average as `mmlu`), JSON-serialisable.
 
-    `lm` is any lm_eval.api.model.LM: HFLM around our model, or a scripted one. `num_fewshot` overrides the
-    defaults of MMLU (5) and GSM8K (8); HellaSwag, TruthfulQA (fixed primer) and HumanEval stay zero-shot.
-    HumanEval draws `num_samples` completions per problem (greedy for one, else sampled at `temperature`) and
-    reports pass@k for each k in `ks`.
+    `lm` is any lm_eval.api.model.LM: HFLM around our model, or a scripted one. Every task runs with lm-eval's
+    official settings (GSM8K 5 shots, gsm8k_cot 8, MMLU 5 as published); `num_fewshot` overrides MMLU's and
+    GSM8K's, HellaSwag, TruthfulQA (fixed primer) and HumanEval stay zero-shot. Generation lengths default to
+    the official ones (gsm8k: lm-eval's 256, humaneval 1024); each task has its own. HumanEval draws
+    `num_samples` completions per problem (greedy for one, else sampled at `temperature`) and reports pass@k
+    for each k in `ks`.
     """
     if simple_evaluate is None:
         raise UserError("lightning-ft eval needs lm-evaluation-harness: pip install 'lightning-ft[eval]'")
@@ -283,16 +320,19 @@ def evaluate(
         raise UserError(f"--k {','.join(map(str, ks))} needs 1 <= k <= --num_samples ({num_samples})")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
+    for flag, value in (("gsm8k", gsm8k_max_new_tokens), ("humaneval", humaneval_max_new_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"--{flag}_max_new_tokens must be at least 1, got {value}")
     if num_fewshot is not None and num_fewshot < 0:
         raise UserError(f"--num_fewshot must be 0 or more, got {num_fewshot}")
     names = plan(tasks, data_dir, allow_code_execution=allow_code_execution)
     harness = [name for name in names if name not in ("mmlu", "humaneval")]
     results, samples, details = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="lft-eval-") as work:
-        shots = _prepare(names, data_dir, Path(work), num_fewshot)
+        shots = _prepare(names, data_dir, Path(work), num_fewshot, gsm8k_max_new_tokens)
         problems = read_humaneval(data_dir / FILES["humaneval"])[:limit] if "humaneval" in names else []
         if harness:
-            raw, samples = _run_harness(lm, harness, Path(work), limit, max_new_tokens)
+            raw, samples = _run_harness(lm, harness, Path(work), limit)
             results = {name: _metrics(name, raw[name]) for name in harness}
     if "mmlu" in names:
         subjects = [name for name in harness if name.startswith("mmlu_")]
@@ -305,7 +345,7 @@ def evaluate(
             problems,
             num_samples=num_samples,
             ks=ks,
-            max_new_tokens=max_new_tokens or 512,
+            max_new_tokens=humaneval_max_new_tokens or HUMANEVAL_MAX_NEW_TOKENS,
             temperature=temperature,
             timeout=timeout,
         )
@@ -316,6 +356,10 @@ def evaluate(
         "data_dir": str(data_dir.resolve()),
         "limit": limit,
         "num_fewshot": {name: shots[name] for name in names if name in shots},
+        "max_new_tokens": {  # 256: lm-eval's default where its gsm8k configs set none
+            **{name: gsm8k_max_new_tokens or 256 for name in names if name.startswith("gsm8k")},
+            **({"humaneval": humaneval_max_new_tokens or HUMANEVAL_MAX_NEW_TOKENS} if problems else {}),
+        },
         "lm_eval_version": importlib.metadata.version("lm_eval"),
     }
     if problems:
