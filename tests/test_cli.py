@@ -132,8 +132,15 @@ def test_a_rerun_continues_from_the_newest_checkpoint_and_null_refuses(cli, fit_
         (["--model.optim.lr=-1e-3"], "--model.optim.lr must be >= 0, got -0.001"),
         (["--model.method", "LoRA", "--model.method.r", "0"], "--model.method.r must be positive, got 0"),
         (["--trainer.default_root_dir", "/sys/run"], "cannot write /sys/run: Operation not permitted"),
+        (["--model.method", "LoRA", "--model.method.r", "x"], "--model.method.r: expected a whole number, got 'x'"),
+        (["--model.method", "LoRA", "--model.method.rank", "4"], "LoRA has no option 'rank' (its options: r, alpha"),
+        (["--model.method.rank", "4"], "--model.method.rank: no method chosen to take it; give one first (choose"),
+        (["--data.format.input_field", "x"], "give the format as a class first, e.g. --data.format Instruction"),
     ],
-    ids=["model-path", "method", "target-modules", "data-file", "format", "bad-value", "lr", "rank", "read-only"],
+    ids=[
+        *("model-path", "method", "target-modules", "data-file", "format", "bad-value", "lr", "rank", "read-only"),
+        *("method-value", "method-option", "method-missing", "format-option"),
+    ],
 )
 def test_bad_input_is_one_error_line(cli, fit_args, capsys, flags, message):
     assert cli(fit_args(*flags)) == (1 if "cannot write" in message else 2)  # 1: not a mistake in the command
@@ -218,3 +225,26 @@ def test_a_validation_split_carved_from_train_picks_the_best_checkpoint(cli, fit
     selection = json.loads((tmp_path / "run/checkpoints/selection.json").read_text())
     assert selection["monitor"] == "val_loss" and selection["best_model_score"] is not None
     assert selection["restored_best"]
+
+
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        (
+            "model:\n  method:\n    class_path: LoRA\n    init_args:\n      rank: 4\n",
+            "model.method.init_args: LoRA has no option 'rank'",
+        ),
+        ("model:\n  method: [LoRA\n  x: 1\n", ":3:4: not valid YAML (expected ',' or ']', but got ':')"),
+        (
+            "model:\n  method:\n    class_path: NoSuchMethod\n",
+            "model.method: unknown method 'NoSuchMethod' (choose from Full,",
+        ),
+    ],
+    ids=["unknown-option", "syntax", "unknown-class"],
+)
+def test_a_mistake_in_a_config_file_names_the_file(cli, fit_args, tmp_path, capsys, yaml_text, message):
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml_text)
+    assert cli([*fit_args(), "--config", str(config)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {config}") and message in errors[0], errors

@@ -112,24 +112,38 @@ def _class_option(text: str, argv: list[str]) -> str | None:
         class_path, option = not_accepted.groups()
         options = class_options(class_path)
         listed = f" (its options: {', '.join(options)})" if options else ""
-        return f"--{flag}: {class_path.rsplit('.', 1)[-1]} has no option '{option}'{listed}"
+        source = config_file_with_key(argv, f"{flag}.init_args.{option}")
+        where = f"{source}: {flag}.init_args" if source else f"--{flag}"
+        return f"{where}: {class_path.rsplit('.', 1)[-1]} has no option '{option}'{listed}"
     nested = re.search(r"Given value: NestedArg\(key='([^']+)'", text)
     name = re.search(r"Expected a dot import path string: (\S+)", text)
     if nested and name and name.group(1) != "None":
         return (
             f"--{flag}.{nested.group(1)}: '{name.group(1)}' is a name without settings; give the {kind} as a class "
-            f"first, e.g. --{flag} {class_name_for(name.group(1), choices)} --{flag}.{nested.group(1)} ..."
+            f"first, e.g. --{flag} {class_name_for(flag, name.group(1))} --{flag}.{nested.group(1)} ..."
         )
+    inner = re.search(r"Problem with given class_path '[^']+':\s*Parser key \"([^\"]+)\":\s*(.+)", text, re.DOTALL)
+    if inner:  # a bad value of one of the class's own settings
+        key, rest = inner.groups()
+        typed = _typed_value(f'Parser key "{flag}.{key}":\n{rest}', argv)
+        if typed:
+            return typed
+    if nested and not name and "Given value type: <class 'jsonargparse._util.NestedArg'>" in text:
+        key = nested.group(1).removeprefix("init_args.")
+        return f"--{flag}.{key}: no {kind} chosen to take it; give one first{choose_from(choices)}"
     problem = re.search(r"Problem with given class_path '([^']+)':\s*\n?\s*(.+)", text)
     given = re.search(r"Given value: (.+)", text)
     if problem:
         class_path, reason = problem.groups()
         if re.search(r"has no attribute|No module named|not found|Unable to import", reason):
-            return f"--{flag}: unknown {kind} '{class_path}'{choose_from(choices)}"
+            source = config_file_with_key(argv, f"{flag}.class_path")
+            where = f"{source}: {flag}.class_path" if source else f"--{flag}"
+            return f"{where}: unknown {kind} '{class_path}'{choose_from(choices)}"
         return f"--{flag}: {class_path.rsplit('.', 1)[-1]}: {reason.strip()}"
     if name or (given and "dot import path" in text):
         value = name.group(1) if name else given.group(1)
-        return f"--{flag}: unknown {kind} '{value}'{choose_from(choices)}"
+        source = config_file_with_key(argv, f"{flag}.class_path") or config_file_with_key(argv, flag)
+        return f"{f'{source}: {flag}' if source else f'--{flag}'}: unknown {kind} '{value}'{choose_from(choices)}"
     return None
 
 
@@ -156,18 +170,27 @@ def registry(flag: str) -> tuple[str, list[str]]:
     """("method", [Full, LoRA, ...]) for a class-valued option we keep a registry of; else ("class", [])."""
     if flag not in REGISTRIES:
         return "class", []
-    kind, module, name = REGISTRIES[flag]
-    entries = getattr(importlib.import_module(module), name)
+    kind, entries = registry_entries(flag)
     return kind, [entry.__name__ for entry in entries] if isinstance(entries, tuple) else list(entries)
+
+
+def registry_entries(flag: str) -> tuple[str, tuple | dict]:
+    kind, module, name = REGISTRIES[flag]
+    return kind, getattr(importlib.import_module(module), name)
 
 
 def choose_from(choices: list[str]) -> str:
     return f" (choose from {', '.join(choices)}, or a full class path)" if choices else ""
 
 
-def class_name_for(name: str, choices: list[str]) -> str:
-    """The class a short name stands for (instruction -> Instruction), for an example line."""
-    return next((choice for choice in choices if choice.lower() == name.lower()), name)
+def class_name_for(flag: str, name: str) -> str:
+    """The class a short name stands for (instruction -> Instruction), for an example line: a class with settings
+    must be given by its class name (a registry's short name is a plain string to jsonargparse)."""
+    if flag not in REGISTRIES:
+        return name
+    entries = registry_entries(flag)[1]
+    classes = entries.values() if isinstance(entries, dict) else entries
+    return next((cls.__name__ for cls in classes if cls.__name__.lower() == name.lower()), name)
 
 
 def class_options(class_path: str) -> list[str]:

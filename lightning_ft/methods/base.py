@@ -6,7 +6,8 @@ weights (`merge`) and how they ship on their own (`save_adapter` / `load_adapter
 the CLI see nothing else of it.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: jsonargparse resolves a subclass's inherited annotations in the
+# subclass's module, where `ClassVar` is not imported; a string annotation there turns every option unvalidated.
 
 from abc import ABC, abstractmethod
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The protocol of a data format: one record in, token ids and labels out."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: jsonargparse resolves a subclass's inherited annotations in the
+# subclass's module, where `ClassVar` is not imported; a string annotation there turns every option unvalidated.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
