@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_ft.errors import UserError
-from lightning_ft.tracking.record import read_record
+from lightning_ft.tracking.record import UnreadableRecord, current_status, died_at, read_run_record
 
 # Keys that differ between any two runs without saying anything about them.
 PER_RUN_KEYS = ("default_root_dir", "dirpath", "save_dir", "ckpt_path", "init_args.id", "init_args.version")
@@ -39,9 +39,16 @@ class Run:
     record: dict | None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (step, value)
 
+    unreadable: str | None = None  # why its run.json could not be read
+
     @property
     def status(self) -> str:
-        return self.record.get("status", "?") if self.record else "no run record"
+        if self.unreadable:
+            return "unreadable run.json"
+        if not self.record:
+            return "no run record"
+        status = current_status(self.record)
+        return died_at(self.record) if status == "died" else status
 
     def metric(self, name: str) -> float | None:
         """Best value when the run tracked it as best, else the final one, else the last logged point."""
@@ -72,8 +79,12 @@ def find_runs(patterns: list[str]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    record = read_record(path)
-    run = Run(name=path.name, path=path, record=record)
+    try:
+        record, unreadable = read_run_record(path), None
+    except UnreadableRecord as err:  # one bad run dir is a row that says so and a warning, the others still compare
+        record, unreadable = None, str(err)
+        print(f"warning: {err}", file=sys.stderr)
+    run = Run(name=path.name, path=path, record=record, unreadable=unreadable)
     csv_files = sorted(path.glob("**/metrics.csv"))
     event_files = sorted(path.glob("**/events.out.tfevents.*"))
     wandb_dirs = sorted(p.parent for p in path.glob("**/*.wandb"))
