@@ -10,6 +10,7 @@ is scanned for anything else before a library that unpickles freely gets to read
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -62,16 +63,108 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
 
 
+# What a torch.distributed.checkpoint `.metadata` pickle may name: its index dataclasses and the torch types they hold.
+DCP_GLOBALS = {
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+    *(
+        f"torch.distributed.checkpoint.metadata.{name}"
+        for name in (
+            *("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata"),
+            *("ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING"),
+        )
+    ),
+    "torch.Size",
+    "torch.serialization._get_layout",
+    "collections.OrderedDict",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+}
+ZIP_MAGIC, PICKLE_PROTOCOL = b"PK\x03\x04", 0x80
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles plain data, torch dtypes and the DCP index classes; anything else it would import is refused
+    before it is imported (so before any of it can run)."""
+
+    def find_class(self, module: str, name: str):
+        full = f"{module}.{name}"
+        if full in DCP_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unpickling it would run {full}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it holds storages of torch's legacy format, which is not checked (re-save it)")
+
+
+def restricted_load(path: Path):
+    """A plain pickle file's contents (e.g. a DCP `.metadata`), read with RestrictedUnpickler; every pickle in it
+    is checked (torch's legacy format is several in a row), the first one returned."""
+    try:
+        with path.open("rb") as handle:
+            size, loaded = path.stat().st_size, []
+            while handle.tell() < size:
+                loaded.append(RestrictedUnpickler(handle).load())
+            return loaded[0] if loaded else None
+    except pickle.UnpicklingError as err:
+        raise UnreadableCheckpoint(f"{path}: refused: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a torn or foreign pickle: one line either way
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+
+
+def check_torch_archive(path: Path, source=None) -> None:
+    """Refuse a torch.save archive (a file, or `source`: a slice of one) whose pickle would import anything beyond
+    tensors, plain data and DeepSpeed's two config classes."""
+    try:
+        names = [name for name in unsafe_globals(source or path) if name not in DEEPSPEED_GLOBALS]
+    except Exception as err:  # noqa: BLE001
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+    if names:
+        raise UnreadableCheckpoint(f"{path}: refused: unpickling it would run {', '.join(names)}")
+
+
 def check_folder_checkpoint(folder: Path) -> None:
-    """Refuse a sharded checkpoint any of whose pickles would run code: FSDP's `meta.pt` and DeepSpeed's state files
-    are read by torch / DeepSpeed code that does not always ask for weights only."""
-    for path in sorted(Path(folder).rglob("*.pt")):
+    """Refuse a sharded checkpoint any of whose pickles would run code, checking every file before a library reads
+    it: torch's DCP reader unpickles `.metadata` with plain pickle.load and the non-tensor items of its `.distcp`
+    shards with torch.load(weights_only=False); DeepSpeed reads its `*.pt` state files without weights_only.
+
+    A torch.save archive is checked with torch's own scan; any other pickle (a `.metadata`) is read with
+    RestrictedUnpickler; a `.distcp` shard item by item, where its `.metadata` says each one is. Files that are no
+    pickle (DeepSpeed's `latest`, its `zero_to_fp32.py`) are read by no loader as code and are let be.
+    """
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if path.suffix == ".distcp":
+            continue  # checked through the .metadata that indexes it (no reader opens a shard without one)
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        if path.name.endswith(".metadata"):
+            check_distcp_items(path, restricted_load(path))
+        elif head == ZIP_MAGIC:
+            check_torch_archive(path)
+        elif head[:1] == bytes([PICKLE_PROTOCOL]):
+            restricted_load(path)
+
+
+def check_distcp_items(metadata_path: Path, metadata) -> None:
+    """The non-tensor items of the shards a DCP `.metadata` indexes: each is a torch.save archive that torch reads
+    with weights_only=False (tensors it reads with weights_only=True)."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    folder = metadata_path.parent
+    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        shard = folder / info.relative_path
+        if info.transform_descriptors:
+            raise UnreadableCheckpoint(
+                f"{shard}: refused: item {index.fqn} is stored transformed, so it cannot be checked"
+            )
         try:
-            names = [name for name in unsafe_globals(path) if name not in DEEPSPEED_GLOBALS]
-        except Exception as err:  # noqa: BLE001
-            raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
-        if names:
-            raise UnreadableCheckpoint(f"{path}: refused: unpickling it would run {', '.join(names)}")
+            with shard.open("rb") as handle:
+                handle.seek(info.offset)
+                item = io.BytesIO(handle.read(info.length))
+        except OSError as err:
+            raise UnreadableCheckpoint(f"{shard}: not a readable checkpoint ({first_line(err)})") from None
+        check_torch_archive(shard, item)
 
 
 def check_checkpoint(path: Path) -> None:

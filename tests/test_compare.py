@@ -10,7 +10,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from lightning_ft.tracking.compare import load_run, read_wandb_offline, rows, sort_runs
+from lightning_ft.tracking.compare import fitted_limits, load_run, read_wandb_offline, rows, sort_runs
 
 METHODS = {
     "lora_r4": ["LoRA", "--model.method.r", "4"],
@@ -103,3 +103,34 @@ def test_the_wandb_offline_run_holds_config_and_metrics(runs):
 def test_compare_refuses_a_path_that_is_not_there_in_one_line(cli, tmp_path, capsys):
     assert cli(["compare", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"error: compare: not a directory: {tmp_path / 'nope'}"
+
+
+def test_val_points_sit_at_the_step_the_console_names(runs):
+    """Validation every 2 of 6 steps: the console says "validation at step 2, 4, 6"; so do the curves."""
+    curves = load_run(runs / "lora_r4").curves
+    assert [step for step, _ in curves["val_loss"]] == [2, 4, 6]
+    assert [step for step, _ in curves["train_loss"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_bar_axis_is_fitted_to_the_values():
+    low, high = fitted_limits([2.31, 2.35])
+    assert 2.2 < low < 2.31 and 2.35 < high < 2.4  # not from 0, where 2.31 and 2.35 look the same
+    assert fitted_limits([5.0]) == pytest.approx((4.75, 5.25))
+
+
+def test_the_table_stays_within_the_terminal(runs, cli, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli(["compare", str(runs / "*")]) == 0
+    out = capsys.readouterr().out
+    assert "lora_r16" in out and max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_a_malformed_or_binary_run_json_is_a_warning_naming_it(runs, cli, tmp_path, capsys):
+    for name, content in (("binary", b"\x80\x04\xff\xfe"), ("cut", b'{"status": "runn')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_bytes(content)
+    assert cli(["compare", str(tmp_path / "binary"), str(tmp_path / "cut"), str(runs / "lora_r4")]) == 0
+    captured = capsys.readouterr()
+    for name in ("binary", "cut"):
+        assert f"warning: {tmp_path / name / 'run.json'}: not a readable run record" in captured.err
+    assert "Traceback" not in captured.err and "unreadable run.json" in captured.out and "lora_r4" in captured.out

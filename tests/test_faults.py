@@ -381,3 +381,57 @@ def test_a_sharded_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_p
     save_staged(OneProcess(), last, shards("new0", "new1"))
     assert [path.read_text() for path in sorted(last.iterdir())] == ["new0", "new1"]
     assert sorted(path.name for path in last.parent.iterdir()) == ["last.ckpt"]
+
+
+def sharded_checkpoints(folder: Path, payload=None) -> dict[str, Path]:
+    """A genuine torch.distributed.checkpoint folder (with Lightning's meta.pt) and a DeepSpeed-style one; with a
+    payload, one copy of each planted per file kind: `.metadata`, a `.distcp` item, `meta.pt`, DeepSpeed's states."""
+    import torch.distributed.checkpoint as dcp
+
+    def dcp_folder(name: str, extra=None) -> Path:
+        path = folder / name
+        state = {"model": {"w": torch.ones(2, 3)}, "optimizer_0": {"param_groups": [{"lr": 0.1, "params": [0]}]}}
+        dcp.save({**state, **({"extra": extra} if extra else {})}, checkpoint_id=path, no_dist=True)
+        torch.save({"global_step": 3, "state_dict": {}}, path / "meta.pt")
+        return path
+
+    made = {"genuine": dcp_folder("genuine")}
+    if payload is not None:
+        made[".metadata"] = dcp_folder("metadata")
+        import pickle
+
+        (made[".metadata"] / ".metadata").write_bytes(pickle.dumps(payload))
+        made[".distcp"] = dcp_folder("distcp", extra=payload)
+        made["meta.pt"] = dcp_folder("meta")
+        torch.save({"global_step": 3, "payload": payload}, made["meta.pt"] / "meta.pt")
+        made["deepspeed"] = folder / "deepspeed"
+        (made["deepspeed"] / "checkpoint").mkdir(parents=True)
+        (made["deepspeed"] / "latest").write_text("checkpoint")
+        torch.save({"module": {}, "payload": payload}, made["deepspeed"] / "checkpoint/mp_rank_00_model_states.pt")
+        made["legacy.pt"] = folder / "legacy"
+        made["legacy.pt"].mkdir()
+        torch.save(
+            {"payload": payload},
+            made["legacy.pt"] / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            _use_new_zipfile_serialization=False,
+        )
+    return made
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_every_file_of_a_sharded_checkpoint_is_checked_before_a_library_reads_it(cli, fit_args, tmp_path, capsys):
+    marker = tmp_path / "exploded"
+    folders = sharded_checkpoints(tmp_path / "shards", Bomb(marker))
+    for kind, folder in folders.items():
+        if kind == "genuine":
+            continue
+        assert cli(["consolidate", str(folder), str(tmp_path / f"{folder.name}.ckpt")]) == 2, kind
+        assert "refused" in capsys.readouterr().err, kind
+        assert cli(fit_args("--ckpt_path", str(folder))) == 2, kind
+        assert "refused" in capsys.readouterr().err, kind
+        assert not marker.exists(), kind
+    genuine = folders["genuine"]  # still loads
+    assert cli(["consolidate", str(genuine), str(tmp_path / "one.ckpt")]) == 0
+    one = torch.load(tmp_path / "one.ckpt", weights_only=True)
+    assert one["global_step"] == 3 and torch.equal(one["state_dict"]["w"], torch.ones(2, 3))
+    assert checkpoint_step(genuine) == 3

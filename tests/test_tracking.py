@@ -120,3 +120,65 @@ def test_tokens_seen_carry_over_a_resume(cli, fit_args, tmp_path):
     assert resumed["starts"] == 2 and resumed["started_at"] == first_start
     for key in ("tokens", "samples"):
         assert resumed["throughput"][key] == alone["throughput"][key] > 0
+
+
+def test_a_sigkilled_run_reads_died_and_a_rerun_takes_over_its_lock(cli, fit_args, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    args = fit_args("--trainer.max_steps", "400", "--checkpoint.every_n_train_steps", "2")
+    with (tmp_path / "fit.out").open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "lightning_ft", *args], stdout=out, stderr=out)
+    deadline = time.monotonic() + 240
+    while (read_run_record_or_none(run_dir) or {}).get("progress", {}).get("global_step", 0) < 4:
+        assert process.poll() is None, (tmp_path / "fit.out").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 4"
+        time.sleep(0.05)
+    assert cli(["compare", str(run_dir)]) == 0
+    assert "running" in capsys.readouterr().out  # alive: still running
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "running" and (run_dir / "fit.lock").exists()  # nothing could update them
+    step = record["progress"]["global_step"]
+    assert cli(["compare", str(run_dir)]) == 0
+    assert f"died at step {step}" in capsys.readouterr().out.replace("\n", " ").replace("│", " ").replace("  ", " ")
+    assert cli(fit_args("--trainer.max_steps", str(step + 1))) == 0  # the dead run's lock is taken over
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert not (run_dir / "fit.lock").exists()
+
+
+def read_run_record_or_none(run_dir):
+    from lightning_ft.tracking.record import UnreadableRecord, read_run_record
+
+    try:
+        return read_run_record(run_dir)
+    except UnreadableRecord:
+        return None
+
+
+def test_another_hosts_run_is_died_when_its_heartbeat_is_old():
+    from lightning_ft.tracking.record import current_status, now
+
+    process = {"host": "elsewhere", "pid": 1, "started": 0.0}
+    record = {"status": "running", "process": process, "heartbeat_every_s": 30, "progress": {"global_step": 7}}
+    assert current_status({**record, "heartbeat_at": now()}) == "running"
+    assert current_status({**record, "heartbeat_at": "2020-01-01T00:00:00+00:00"}) == "died"
+    assert current_status({**record, "status": "completed", "heartbeat_at": "2020-01-01T00:00:00+00:00"}) == "completed"
+
+
+def test_a_second_fit_into_a_locked_run_dir_refuses_naming_the_holder(cli, fit_args, tmp_path, capsys):
+    import os
+
+    from lightning_ft.tracking.run_lock import run_dir_lock
+
+    with run_dir_lock(tmp_path / "run"):
+        assert cli(fit_args("--trainer.max_steps", "1")) == 2
+    error = capsys.readouterr().err
+    assert f"is in use by the fit of pid {os.getpid()}" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "run/checkpoints").exists()  # refused before anything was written
+    assert cli(fit_args("--trainer.max_steps", "1")) == 0  # released: the next fit runs

@@ -11,18 +11,24 @@ from pathlib import Path
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_ft.callbacks.preemption import Preempted
 from lightning_ft.callbacks.throughput import Throughput, peak_memory
 from lightning_ft.files import write_json_atomically
 from lightning_ft.methods.base import count_parameters
+from lightning_ft.tracking.process import this_process
 from lightning_ft.tracking.record import (
+    HEARTBEAT_S,
     RECORD_FILE,
+    UnreadableRecord,
+    current_status,
+    died_at,
     git_state,
     hardware,
     now,
     package_versions,
-    read_record,
+    read_run_record,
     redact,
 )
 
@@ -32,9 +38,11 @@ class RunRecord(Callback):
     and at the end, where all processes are anyway. A run killed outright keeps the record of its last checkpoint
     (status `running`); one that raised reads `failed` with the error; a preempted one, `preempted`."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat_every_s: float = HEARTBEAT_S) -> None:
         self.record: dict = {}
         self._started = 0.0
+        self.heartbeat_every_s = heartbeat_every_s
+        self._last_beat = 0.0
 
     def path(self, trainer: Trainer) -> Path:
         return Path(trainer.default_root_dir) / RECORD_FILE
@@ -45,7 +53,14 @@ class RunRecord(Callback):
         method = pl_module.method
         datamodule = trainer.datamodule
         config_file = Path(trainer.default_root_dir) / "config.yaml"
-        previous = read_record(Path(trainer.default_root_dir)) if trainer.ckpt_path else None
+        try:
+            previous = read_run_record(Path(trainer.default_root_dir))
+        except UnreadableRecord as err:
+            rank_zero_warn(f"{err}: starting a new one")
+            previous = None
+        if previous and current_status(previous) == "died":
+            rank_zero_info(f"the previous run in {trainer.default_root_dir} {died_at(previous)}")
+        previous = previous if trainer.ckpt_path else None
         self.record = {
             "schema_version": 1,
             "status": "running",
@@ -53,6 +68,10 @@ class RunRecord(Callback):
             "started_at": previous["started_at"] if previous else now(),
             "starts": previous.get("starts", 1) + 1 if previous else 1,
             "updated_at": now(),
+            # Who writes this record and when it last did: a `running` record whose process is gone reads `died`.
+            "process": this_process(),
+            "heartbeat_at": now(),
+            "heartbeat_every_s": self.heartbeat_every_s,
             "run_dir": str(Path(trainer.default_root_dir).resolve()),
             "config": redact(yaml.safe_load(config_file.read_text())) if config_file.is_file() else None,
             "task": pl_module.hparams.task,
@@ -70,6 +89,15 @@ class RunRecord(Callback):
             "metrics": {"best": {}, "final": {}},
             "checkpoints": {"last": None, "best": None},
         }
+        self._write(trainer)
+        self._last_beat = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        if not self.record or time.monotonic() - self._last_beat < self.heartbeat_every_s:
+            return
+        self._last_beat = time.monotonic()
+        self.record["heartbeat_at"] = now()
+        self.record["progress"] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
         self._write(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
@@ -100,7 +128,7 @@ class RunRecord(Callback):
 
     def _update(self, trainer: Trainer, gather: bool) -> None:
         record = self.record
-        record["updated_at"] = now()
+        record["updated_at"] = record["heartbeat_at"] = now()
         record["progress"] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
         throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
         if gather:

@@ -6,6 +6,7 @@ commands built on a fit configuration (data, cv, sweep, slurm, lr-find, batch-si
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_ft.callbacks import (
     Checkpoint,
@@ -38,6 +40,7 @@ from lightning_ft.module import FineTuneModule
 from lightning_ft.precision import fastest_precision
 from lightning_ft.tracking import finish_wandb_runs, prepare_loggers
 from lightning_ft.tracking.record import redact
+from lightning_ft.tracking.run_lock import run_dir_lock
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -62,14 +65,23 @@ class SaveConfigToRunDir(SaveConfigCallback):
 
 def main(argv: list[str]) -> None:
     """lightning-ft fit|validate|test|predict [--config X.yaml ...] [flags]"""
-    FineTuneCLI(args=argv)
+    with contextlib.ExitStack() as held:  # the run dir's lock, released when the fit ends, also on an error
+        FineTuneCLI(args=argv, held=held)
 
 
 class FineTuneCLI(LightningCLI):
     """`lightning-ft fit / validate / test / predict`; with `run=False`, the same options without a subcommand (the
     base of CommandCLI)."""
 
-    def __init__(self, args: list[str] | None = None, *, run: bool = True, prog: str = "lightning-ft") -> None:
+    def __init__(
+        self,
+        args: list[str] | None = None,
+        *,
+        run: bool = True,
+        prog: str = "lightning-ft",
+        held: contextlib.ExitStack | None = None,
+    ) -> None:
+        self.held = held  # where a fit keeps its run dir's lock (see main)
         top = {"exit_on_error": False, "prog": prog}
         parser_kwargs = top | {name: {"exit_on_error": False} for name in TRAINER_SUBCOMMANDS} if run else top
         super().__init__(
@@ -134,6 +146,8 @@ class FineTuneCLI(LightningCLI):
         fit_quant_storage(config.trainer, config.model)
         if self.subcommand == "fit":
             run_dir = Path(config.trainer.default_root_dir or ".")
+            if self.held is not None and rank_zero_only.rank == 0:  # one lock per fit, not per process of it
+                self.held.enter_context(run_dir_lock(run_dir))
             config.ckpt_path = resume_point(config.ckpt_path, run_dir, tidy=True)
             prepare_loggers(config.trainer, run_dir)
 

@@ -24,7 +24,7 @@ from lightning_ft.export.hf import EXPORT_RECORD, load_exported, write_adapter, 
 from lightning_ft.export.onnx import check_onnx, quantize_onnx, require_onnx, run_onnx, write_onnx
 from lightning_ft.files import staged_folder, write_json_atomically
 from lightning_ft.loading import TORCH_DTYPES, load_tokenizer
-from lightning_ft.tracking.record import RECORD_FILE, package_versions, read_record
+from lightning_ft.tracking.record import RECORD_FILE, package_versions, read_run_record
 from lightning_ft.trained import load_trained
 
 ONNX_CHECK_SHAPE = (3, 11)  # another shape than the traced probe's: the graph must not have baked one in
@@ -175,7 +175,7 @@ def run_record(checkpoint: Path) -> dict | None:
     """The run record of the run the checkpoint came from: run dir/checkpoints/X.ckpt, or run dir/hpc_ckpt_N.ckpt."""
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         if (folder / RECORD_FILE).is_file():
-            return read_record(folder)
+            return read_run_record(folder)
     return None
 
 

@@ -25,11 +25,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_ft.errors import UserError
-from lightning_ft.tracking.record import read_record
+from lightning_ft.tracking.record import UnreadableRecord, current_status, died_at, read_run_record
 
 # Keys that differ between any two runs without saying anything about them.
 PER_RUN_KEYS = ("default_root_dir", "dirpath", "save_dir", "ckpt_path", "init_args.id", "init_args.version")
 LOWER_IS_BETTER = ("loss", "perplexity", "error", "wer", "cer")
+# Lightning logs a step's metrics, and the validation after it, under the count of steps before it (the first at 0);
+# the console and the run record count steps done ("validation at step 2"): curves are plotted by steps done.
+LOGGED_STEP_OFFSET = 1
+FIXED_COLUMNS = ("run", "status", "method", "trainable %", "tokens/s", "peak RSS MB", "checkpoint MB")  # + metric
+CELL_CHARS = 24  # a console cell longer than this is cut (the report keeps it whole)
 
 
 @dataclass
@@ -39,9 +44,16 @@ class Run:
     record: dict | None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (step, value)
 
+    unreadable: str | None = None  # why its run.json could not be read
+
     @property
     def status(self) -> str:
-        return self.record.get("status", "?") if self.record else "no run record"
+        if self.unreadable:
+            return "unreadable run.json"
+        if not self.record:
+            return "no run record"
+        status = current_status(self.record)
+        return died_at(self.record) if status == "died" else status
 
     def metric(self, name: str) -> float | None:
         """Best value when the run tracked it as best, else the final one, else the last logged point."""
@@ -72,8 +84,12 @@ def find_runs(patterns: list[str]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    record = read_record(path)
-    run = Run(name=path.name, path=path, record=record)
+    try:
+        record, unreadable = read_run_record(path), None
+    except UnreadableRecord as err:  # one bad run dir is a row that says so and a warning, the others still compare
+        record, unreadable = None, str(err)
+        print(f"warning: {err}", file=sys.stderr)
+    run = Run(name=path.name, path=path, record=record, unreadable=unreadable)
     csv_files = sorted(path.glob("**/metrics.csv"))
     event_files = sorted(path.glob("**/events.out.tfevents.*"))
     wandb_dirs = sorted(p.parent for p in path.glob("**/*.wandb"))
@@ -99,7 +115,7 @@ def read_csv_curves(files: list[Path]) -> dict[str, list[tuple[int, float]]]:
                     continue
                 for name, value in row.items():
                     if name not in ("step", "epoch") and value not in ("", None):
-                        curves.setdefault(name, {})[int(float(step))] = float(value)
+                        curves.setdefault(name, {})[int(float(step)) + LOGGED_STEP_OFFSET] = float(value)
     return {name: sorted(points.items()) for name, points in curves.items()}
 
 
@@ -113,7 +129,9 @@ def read_tensorboard_curves(folders: list[Path]) -> dict[str, list[tuple[int, fl
         events.Reload()
         for tag in events.Tags()["scalars"]:
             if tag != "epoch":
-                curves.setdefault(tag, {}).update({event.step: event.value for event in events.Scalars(tag)})
+                curves.setdefault(tag, {}).update(
+                    {event.step + LOGGED_STEP_OFFSET: event.value for event in events.Scalars(tag)}
+                )
     return {name: sorted(points.items()) for name, points in curves.items()}
 
 
@@ -130,7 +148,7 @@ def read_wandb_offline(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]
         item = json.loads(line).get("history", {}).get("item") if '"history"' in line else None
         if not item or "trainer/global_step" not in item:
             continue
-        step = int(item["trainer/global_step"])
+        step = int(item["trainer/global_step"]) + LOGGED_STEP_OFFSET
         for name, value in item.items():
             if not name.startswith(("_", "trainer/")) and isinstance(value, int | float) and name != "epoch":
                 curves.setdefault(name, {})[step] = float(value)
@@ -164,7 +182,7 @@ def differing_config(runs: list[Run]) -> list[str]:
 
 def rows(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
     keys = differing_config(runs)
-    columns = ["run", "status", "method", "trainable %", metric, "tokens/s", "peak RSS MB", "checkpoint MB", *keys]
+    columns = [*FIXED_COLUMNS[:4], metric, *FIXED_COLUMNS[4:], *keys]
     table = []
     for run in runs:
         record = run.record or {}
@@ -239,13 +257,25 @@ def plot_metric_bars(runs: list[Run], metric: str, path: Path) -> Path:
     plt = pyplot()
     named = [(run.name, run.metric(metric)) for run in runs if run.metric(metric) is not None]
     figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(named) + 2), 4))
-    axis.bar([name for name, _ in named], [value for _, value in named], color="tab:blue")
+    values = [value for _, value in named]
+    bars = axis.bar([name for name, _ in named], values, color="tab:blue")
+    axis.bar_label(bars, labels=[f"{value:.4g}" for value in values], padding=2)
+    if values:
+        axis.set_ylim(*fitted_limits(values))
     axis.set(title=f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)", ylabel=metric)
     axis.tick_params(axis="x", rotation=30)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def fitted_limits(values: list[float]) -> tuple[float, float]:
+    """A y range around the values (not from 0: runs differing in the third digit must look different), with room
+    above for the value labels."""
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.25 or abs(high) * 0.05 or 1.0
+    return low - pad, high + pad
 
 
 def write_report(path: Path, columns: list[str], table: list[list[str]], images: list[Path], metric: str) -> None:
@@ -268,6 +298,37 @@ def write_report(path: Path, columns: list[str], table: list[list[str]], images:
     )
 
 
+def short_key(key: str) -> str:
+    """A config key as a column head: without jsonargparse's `init_args.` levels (model.method.r)."""
+    return key.replace("init_args.", "")
+
+
+def cut(cell: str, chars: int = CELL_CHARS) -> str:
+    return cell if len(cell) <= chars else cell[: chars - 1] + "…"
+
+
+def print_table(runs: list[Run], metric: str, columns: list[str], table: list[list[str]]) -> None:
+    """The table within the terminal (120 columns when there is none, e.g. a pipe or a SLURM log): short heads,
+    config values cut, and as many differing config keys as fit (the others named in a line; the report has all)."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    fixed = len(FIXED_COLUMNS) + 1
+    cells = [[cut(cell) if i >= fixed else cell for i, cell in enumerate(row)] for row in table]
+    heads = [cut(short_key(column)) if i >= fixed else column for i, column in enumerate(columns)]
+    needed = [max(len(cell) for cell in column) + 3 for column in zip(heads, *cells, strict=True)]
+    shown = fixed
+    while shown < len(columns) and sum(needed[: shown + 1]) + 1 <= width:
+        shown += 1
+    console_table = Table(title=f"{len(runs)} runs, best {metric} first")
+    for head in heads[:shown]:
+        console_table.add_column(head, overflow="fold")
+    for row in cells:
+        console_table.add_row(*row[:shown])
+    console = Console(width=width)
+    console.print(console_table)
+    if shown < len(columns):
+        console.print(f"also differing: {', '.join(short_key(key) for key in columns[shown:])}", soft_wrap=False)
+
+
 def load_wandb_project(path: str) -> list[Run]:
     """The runs of a W&B project (ENTITY/PROJECT) through the W&B API: needs network access and a key."""
     import wandb
@@ -282,7 +343,11 @@ def load_wandb_project(path: str) -> list[Run]:
         record = {"status": api_run.state, "config": dict(api_run.config), "metrics": {"best": {}, "final": summary}}
         history = api_run.history(keys=["trainer/global_step", "train_loss", "val_loss"], pandas=False)
         curves = {
-            name: [(int(row["trainer/global_step"]), float(row[name])) for row in history if row.get(name) is not None]
+            name: [
+                (int(row["trainer/global_step"]) + LOGGED_STEP_OFFSET, float(row[name]))
+                for row in history
+                if row.get(name) is not None
+            ]
             for name in ("train_loss", "val_loss")
         }
         runs.append(Run(name=api_run.name, path=Path(api_run.id), record=record, curves=curves))
@@ -304,14 +369,7 @@ def compare(paths: list[str], metric: str = "val_loss", output: str | None = Non
     columns, table = rows(runs, metric)
     if all(run.metric(metric) is None for run in runs):
         print(f"no run has the metric {metric!r}", file=sys.stderr)
-    console_table = Table(title=f"{len(runs)} runs, best {metric} first")
-    for column in columns:
-        console_table.add_column(column, overflow="fold")
-    for row in table:
-        console_table.add_row(*row)
-    # As wide as the table needs (a pipe or a SLURM log would otherwise fold every cell to 80 columns).
-    widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *table, strict=True)]
-    Console(width=max(shutil.get_terminal_size().columns, sum(widths) + 3 * len(widths) + 1)).print(console_table)
+    print_table(runs, metric, columns, table)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         images = [

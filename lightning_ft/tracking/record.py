@@ -14,9 +14,14 @@ from pathlib import Path
 
 import torch
 
+from lightning_ft.errors import UserError
+from lightning_ft.tracking.process import is_running
+
 RECORD_FILE = "run.json"
 SCHEMA = Path(__file__).with_name("run.schema.json")
-STATUSES = ("running", "completed", "failed", "preempted")
+STATUSES = ("running", "completed", "failed", "preempted", "died")  # died: read, never written (current_status)
+HEARTBEAT_S = 30.0  # how often a running fit rewrites its record (progress and heartbeat_at): cheap, tiny file
+HEARTBEATS_MISSED = 10  # another host's run is called died after this many heartbeats without one
 PACKAGES = ("lightning-ft", "torch", "lightning", "transformers", "peft", "bitsandbytes", "datasets", "deepspeed")
 
 
@@ -84,9 +89,38 @@ def redact(value):
     return value
 
 
-def read_record(run_dir: Path) -> dict | None:
-    """The run record of a run dir, or None when there is none (or it cannot be read)."""
+class UnreadableRecord(UserError):
+    """A run.json that is not JSON (cut short, binary, hand-edited)."""
+
+
+def read_run_record(run_dir: Path) -> dict | None:
+    """The run record of a run dir; None when it has none; UnreadableRecord (naming the file) when it is no JSON."""
+    path = run_dir / RECORD_FILE
     try:
-        return json.loads((run_dir / RECORD_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:  # ValueError: malformed JSON or bytes that are no UTF-8
+        raise UnreadableRecord(f"{path}: not a readable run record ({str(err).splitlines()[0]})") from None
+    if not isinstance(record, dict):
+        raise UnreadableRecord(f"{path}: not a readable run record (a JSON {type(record).__name__}, not an object)")
+    return record
+
+
+def current_status(record: dict) -> str:
+    """The record's status, except that a `running` run whose process is gone (SIGKILL, out of memory) `died`.
+
+    Same host: its pid must be alive and the same process; another host: its heartbeat must be recent (a few of
+    the record's heartbeat intervals)."""
+    status = record.get("status", "?")
+    process = record.get("process")
+    if status != "running" or not isinstance(process, dict):
+        return status
+    stale_after = HEARTBEATS_MISSED * float(record.get("heartbeat_every_s") or HEARTBEAT_S)
+    return "running" if is_running(process, record.get("heartbeat_at"), stale_after) else "died"
+
+
+def died_at(record: dict) -> str:
+    """Where a run that died got to: its last step and the time of its last heartbeat."""
+    step = (record.get("progress") or {}).get("global_step")
+    return f"died at step {step}, last seen {record.get('heartbeat_at') or record.get('updated_at')}"
