@@ -67,20 +67,27 @@ def test_records_are_not_mutated_in_place():
     assert out == [(1, {"text": "spaced", "id": 7})]
 
 
-def test_drop_empty_counts_missing_none_and_blank_fields():
-    rows = [{"q": "a", "a": "b"}, {"q": "", "a": "b"}, {"q": " \n\t", "a": "b"}, {"q": None, "a": "b"}, {"a": "x"}]
+def test_drop_empty_counts_blank_fields():
+    rows = [{"q": "a", "a": "b"}, {"q": "", "a": "b"}, {"q": " \n\t", "a": "b"}, {"q": "c", "a": "d"}]
     records = [(i + 1, row) for i, row in enumerate(rows)]
     report = QualityReport()
     out = clean(records, ["q", "a"], QualityRules(), report, source="t")
-    assert [number for number, _ in out] == [1]
-    assert report.dropped["drop_empty"] == 4
-    assert report.examples["drop_empty"] == [2, 3, 4, 5]
+    assert [number for number, _ in out] == [1, 4]
+    assert report.dropped["drop_empty"] == 2 and report.examples["drop_empty"] == [2, 3]
 
 
-def test_drop_empty_off_keeps_records_with_missing_or_empty_fields():
-    records = [(1, {"q": "a", "a": "b"}), (2, {"q": None, "a": "b"}), (3, {"a": "x"}), (4, {"q": "", "a": "y"})]
-    out = clean(records, ["q", "a"], QualityRules(drop_empty=False), QualityReport(), source="t")
-    assert [number for number, _ in out] == [1, 2, 3, 4]
+@pytest.mark.parametrize("drop_empty", [True, False])
+@pytest.mark.parametrize(("row", "state"), [({"a": "x"}, "missing"), ({"q": None, "a": "b"}, "null")])
+def test_a_missing_or_null_required_field_is_an_error_not_a_drop(row, state, drop_empty):
+    records = [(1, {"q": "a", "a": "b"}), (2, row)]
+    with pytest.raises(UserError, match=rf"^train.jsonl:2: field 'q' is {state} \(fields there: "):
+        clean(records, ["q", "a"], QualityRules(drop_empty=drop_empty), QualityReport(), source="train.jsonl")
+
+
+def test_an_optional_text_field_may_be_missing_or_empty():
+    records = [(1, {"q": "a", "a": "b"}), (2, {"a": "x"}), (3, {"q": "", "a": "y"})]
+    out = clean(records, ["q", "a"], QualityRules(), QualityReport(), source="t", required=["a"])
+    assert [number for number, _ in out] == [1, 2, 3]
 
 
 def test_a_field_in_no_record_is_a_user_error():
@@ -98,7 +105,7 @@ def test_no_records_left_names_what_the_rules_removed():
     assert texts(out) == ["same"]
     assert report.dropped == {"drop_empty": 2, "exact_dedup": 2}
     with pytest.raises(UserError) as err:
-        clean(records_of(["", "  ", None]), ["text"], rules, QualityReport(), source="d.jsonl")
+        clean(records_of(["", "  ", "\t"]), ["text"], rules, QualityReport(), source="d.jsonl")
     assert str(err.value) == "d.jsonl: no records left after the quality rules (drop_empty removed 3)"
 
 
@@ -227,7 +234,8 @@ def test_rules_switched_off_do_nothing():
     assert all(a[1] is b[1] for a, b in zip(out, records))
     assert remove_leaks(records, [records], ["text"], OFF, report) == records
     assert rebalance(records, "text", "none", 0, report) is records
-    assert report.to_dict() == {"dropped": {}, "pii": {}, "modified": {}, "examples": {}}
+    # PII is detected and counted even with scrub_pii off, and said to be kept; nothing is rewritten
+    assert report.to_dict() == {"dropped": {}, "pii": {"EMAIL": 1}, "pii_kept": True, "modified": {}, "examples": {}}
 
 
 def test_leakage_exact_and_near_removed_from_train_only():

@@ -29,6 +29,7 @@ from lightning_ft.data.pipeline import (
     TokenRules,
     apply_quality,
     build_report,
+    data_warnings,
     read_splits,
     settings_key,
     tokenize,
@@ -101,6 +102,11 @@ class FineTuneDataModule(LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
+        least = {"batch_size": (batch_size, 1), "eval_batch_size": (eval_batch_size, 1), "max_length": (max_length, 1)}
+        least |= {"num_workers": (num_workers, 0), "min_length": (min_length, 0), "num_proc": (num_proc, 1)}
+        for name, (value, minimum) in least.items():
+            if value is not None and value < minimum:
+                raise UserError(f"--data.{name} must be at least {minimum}, got {value}")
         self.format = resolve_format(format)
         self.sources = {"train": train_path, "val": val_path, "test": test_path}
         for name, source in self.sources.items():
@@ -199,6 +205,8 @@ class FineTuneDataModule(LightningDataModule):
             return cached
         records, origins = read_splits(self.sources, self.split, self.seed, self.format, self.encoding_errors)
         cleaned, quality = apply_quality(records, origins, self.format, self.quality, self.seed)
+        for warning in data_warnings(cleaned, quality, origins, self.format):
+            rank_zero_warn(warning)
         tokenized, counts = tokenize(
             cleaned, origins, self.format, self.encode_context(), self.token_rules, self.num_proc
         )

@@ -84,10 +84,14 @@ def apply_quality(
     """Clean every split, then remove train records leaked into val/test, then rebalance labels of train."""
     reports = {name: QualityReport() for name in records}
     # A format may list alternative fields (chat: messages or conversations): check those the data has.
-    fields = [f for f in fmt.text_fields() if any(f in r for _, r in next(iter(records.values())))]
-    fields = fields or fmt.text_fields()
+    present = {f for f in fmt.text_fields() if any(f in r for _, r in next(iter(records.values())))}
+    alternatives = set(fmt.text_fields()) - present if present else set()
+    fields = [f for f in fmt.text_fields() if f not in alternatives]
+    required = [f for f in fmt.required_fields() if f not in alternatives]
     cleaned = {
-        name: clean(split, fields, rules, reports[name], source=origins[name], key_fields=fmt.key_fields())
+        name: clean(
+            split, fields, rules, reports[name], source=origins[name], key_fields=fmt.key_fields(), required=required
+        )
         for name, split in records.items()
     }
     others = [cleaned[name] for name in ("val", "test") if name in cleaned]
@@ -103,6 +107,30 @@ def apply_quality(
             f"({json.dumps(reports['train'].dropped)})"
         )
     return cleaned, reports
+
+
+def data_warnings(
+    cleaned: dict[str, list[Record]], quality: dict[str, QualityReport], origins: dict[str, str], fmt: DataFormat
+) -> list[str]:
+    """What a user should know about data that is valid: PII kept in the text, eval labels training never shows."""
+    warnings = []
+    for name, report in quality.items():
+        if report.pii_kept:
+            found = ", ".join(f"{count} {kind}" for kind, count in sorted(report.pii.items()))
+            warnings.append(
+                f"{origins[name]}: PII found and kept in the text ({found}); --data.quality.scrub_pii true replaces it"
+            )
+    label_field = getattr(fmt, "label_field", None)
+    if label_field:
+        seen = {str(record.get(label_field)) for _, record in cleaned["train"]}
+        for name in ("val", "test"):
+            unseen = sorted({str(record.get(label_field)) for _, record in cleaned.get(name, [])} - seen)
+            if unseen:
+                warnings.append(
+                    f"{origins[name]}: label {', '.join(map(repr, unseen))} never occurs in the training data "
+                    "(the model cannot learn it; its examples can only be scored wrong)"
+                )
+    return warnings
 
 
 def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:

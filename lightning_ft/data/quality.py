@@ -49,7 +49,8 @@ class QualityRules:
         normalize_whitespace: \\r\\n and \\r become \\n, odd spaces (no-break, em, ...) a plain space, and the ends of
             each string are stripped; inner newlines and indentation are kept (multi-line text keeps the first
             line's indentation too, as it may be code).
-        drop_empty: drop records with a text field that is missing, None, or empty/whitespace-only.
+        drop_empty: drop records with a required text field that is empty or whitespace-only (one missing or null is
+            an error naming the line).
         exact_dedup: drop records whose text fields (after normalisation) and key fields equal an earlier record's.
         near_dedup: drop records whose MinHash Jaccard similarity to an earlier kept record is >= near_dedup_threshold.
         near_dedup_threshold: similarity (0-1] above which two records count as near-duplicates.
@@ -85,11 +86,13 @@ class QualityReport:
     """What the rules did, for the run summary: counts per rule and a few line numbers to look at.
 
     `dropped` and `modified` count records per rule ("rebalance" in `modified` counts the copies upsampling added),
-    `pii` counts replacements per placeholder type, `examples` keeps up to 5 line numbers per rule.
+    `pii` counts what was found per placeholder type (replaced only with scrub_pii; `pii_kept` says it was not),
+    `examples` keeps up to 5 line numbers per rule.
     """
 
     dropped: dict[str, int] = field(default_factory=dict)
     pii: dict[str, int] = field(default_factory=dict)
+    pii_kept: bool = False  # found, but scrub_pii is off: the text still holds it
     modified: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[int]] = field(default_factory=dict)
 
@@ -249,7 +252,8 @@ def _normalize(
     return records
 
 
-def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport) -> list[Record]:
+def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport, replace: bool) -> list[Record]:
+    """PII in every text field, counted in `report.pii`; replaced by placeholders only when `replace`."""
     counts: Counter = Counter()
 
     def scrub_and_count(text: str) -> str:
@@ -257,9 +261,16 @@ def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport) 
         counts.update(found)
         return scrubbed
 
-    records = _rewrite(records, fields, scrub_and_count, "scrub_pii", report)
+    if replace:
+        records = _rewrite(records, fields, scrub_and_count, "scrub_pii", report)
+    else:
+        for _, record in records:
+            for name in fields:
+                for text in _strings(record.get(name)):
+                    scrub_and_count(text)
     for kind, count in sorted(counts.items()):
         report.pii[kind] = report.pii.get(kind, 0) + count
+    report.pii_kept = not replace and bool(counts)
     return records
 
 
@@ -271,23 +282,31 @@ def clean(
     *,
     source: str,
     key_fields: Sequence[str] = (),
+    required: Sequence[str] | None = None,
 ) -> list[Record]:
     """The records after normalise -> drop_empty -> scrub_pii -> exact_dedup -> near_dedup; counts go to `report`.
 
-    A text field in no record is a misconfiguration, and an empty result would only fail later, so both raise.
+    `fields` are every text the model sees, `required` those a record must have (default: all of them). A required
+    field missing (or null) is a schema error naming the line, never a silent drop; drop_empty counts empty required
+    text. A required field in no record is a misconfiguration, and an empty result would only fail later, so both raise.
     """
     if not records:
         return []
-    for name in fields:
+    required = fields if required is None else required
+    for name in required:
         if not any(name in record for _, record in records):
             raise UserError(f"{source}: field '{name}' is in no record; fields there: {sorted(records[0][1])}")
+    for number, record in records:
+        missing = next((name for name in required if record.get(name) is None), None)
+        if missing is not None:
+            state = "null" if missing in record else "missing"
+            raise UserError(f"{source}:{number}: field '{missing}' is {state} (fields there: {', '.join(record)})")
     removed: dict[str, int] = {}
     records = _normalize(records, fields, rules, report)
     if rules.drop_empty:
-        keep = [all(_has_text(record.get(name)) for name in fields) for _, record in records]
+        keep = [all(_has_text(record.get(name)) for name in required) for _, record in records]
         records = _filter(records, keep, "drop_empty", report, removed)
-    if rules.scrub_pii:
-        records = _scrub(records, fields, report)
+    records = _scrub(records, fields, report, replace=rules.scrub_pii)  # counted always, replaced when asked
     if rules.exact_dedup:
         keys = [_key(record, fields, key_fields) for _, record in records]
         first = {key: i for i, key in reversed(list(enumerate(keys)))}

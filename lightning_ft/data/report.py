@@ -20,7 +20,9 @@ def print_report(report: dict, console: Console | None = None) -> None:
     modified = sorted({rule for name in splits for rule in report[name]["quality"]["modified"]})
     steps += [(f"changed: {rule}", lambda e, r=rule: e["quality"]["modified"].get(r, 0)) for rule in modified]
     pii = sorted({kind for name in splits for kind in report[name]["quality"]["pii"]})
-    steps += [(f"PII replaced: {kind}", lambda e, k=kind: e["quality"]["pii"].get(k, 0)) for kind in pii]
+    kept = any(report[name]["quality"].get("pii_kept") for name in splits)  # scrub_pii off: found, not replaced
+    what = "PII found and kept" if kept else "PII replaced"
+    steps += [(f"{what}: {kind}", lambda e, k=kind: e["quality"]["pii"].get(k, 0)) for kind in pii]
     steps += [
         (f"tokens: {status}", lambda e, s=status: e["tokens"][s])
         for status in ("truncated", "too_short", "overlong_dropped", "no_label_tokens")

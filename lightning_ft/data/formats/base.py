@@ -37,7 +37,13 @@ class DataFormat(ABC):
 
     @abstractmethod
     def text_fields(self) -> list[str]:
-        """The record fields holding text: the quality rules normalise, scrub and deduplicate these."""
+        """Every record field holding text the model trains on or is prompted with (optional ones too): the quality
+        rules normalise, scrub, deduplicate and check leakage on all of them."""
+
+    def required_fields(self) -> list[str]:
+        """The fields every record must have, not null: one missing is an error naming the file and line (an empty
+        one is what the drop_empty rule counts). Default: every text field."""
+        return self.text_fields()
 
     def key_fields(self) -> list[str]:
         """Further fields that make two records different (a label), never rewritten by the quality rules."""

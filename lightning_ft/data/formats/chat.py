@@ -24,6 +24,8 @@ BUILTIN_TEMPLATE = (  # newlines as expressions: transformers renders templates 
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 # ShareGPT speakers -> chat roles. A function call is the assistant's output; its result is tool input.
+# The roles chat templates know; a turn with another one would be rendered (and trained on) as the template guesses.
+KNOWN_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
 
 
@@ -61,10 +63,20 @@ class Chat(DataFormat):
             raise UserError(f"field '{name}' is missing or not a list of turns (fields there: {fields})")
         messages = []
         for number, turn in enumerate(turns, start=1):
+            if not isinstance(turn, dict):
+                raise UserError(
+                    f"field '{name}' turn {number}: expected an object with role and content, got "
+                    f"{type(turn).__name__} {json.dumps(turn)[:40]}"
+                )
             role = turn.get("role") or SHAREGPT_ROLES.get(turn.get("from"), turn.get("from"))
             content = turn.get("content", turn.get("value"))
             if not isinstance(role, str) or not isinstance(content, str):
                 raise UserError(f"field '{name}' turn {number}: needs role/content or from/value text, got {turn}")
+            if role not in KNOWN_ROLES and role not in self.trained_roles:
+                raise UserError(
+                    f"field '{name}' turn {number}: unknown role '{role}' (known: {', '.join(KNOWN_ROLES)}; "
+                    "ShareGPT's human, gpt, function_call, observation)"
+                )
             messages.append({"role": role, "content": content})
         return messages
 

@@ -30,6 +30,9 @@ class Classification(DataFormat):
     def key_fields(self) -> list[str]:
         return [self.label_field]
 
+    def required_fields(self) -> list[str]:
+        return [*self.text_fields(), self.label_field]
+
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         text = field(record, self.text_field)
         pair = field(record, self.text_pair_field) if self.text_pair_field else None

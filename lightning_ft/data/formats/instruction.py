@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 
 from lightning_ft.data.formats.base import DataFormat, EncodeContext, encode_segments, field
+from lightning_ft.errors import UserError
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -37,11 +39,30 @@ class Instruction(DataFormat):
     template: str = ALPACA_TEMPLATE
     template_no_input: str = ALPACA_TEMPLATE_NO_INPUT
 
+    def __post_init__(self) -> None:
+        for flag, template in (("template", self.template), ("template_no_input", self.template_no_input)):
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+            except ValueError as err:  # a lone { or }
+                raise UserError(f"--data.format.{flag}: {err} (write {{{{ and }}}} for literal braces)") from None
+            unknown = sorted(names - {"instruction", "input"})
+            if unknown:
+                raise UserError(
+                    f"--data.format.{flag}: unknown placeholder {{{unknown[0]}}} (known: {{instruction}}, {{input}})"
+                )
+
     def text_fields(self) -> list[str]:
-        return [self.instruction_field, self.output_field]  # input is optional: an empty one is normal
+        return [self.instruction_field, self.input_field, self.output_field]
+
+    def required_fields(self) -> list[str]:
+        # input is optional (an empty one is normal); the instruction only when a template shows it
+        uses_instruction = any("{instruction}" in t for t in (self.template, self.template_no_input))
+        return [self.instruction_field, self.output_field] if uses_instruction else [self.output_field]
 
     def prompt(self, record: dict) -> str:
-        instruction = field(record, self.instruction_field)
+        instruction = field(
+            record, self.instruction_field, optional=self.instruction_field not in self.required_fields()
+        )
         extra = field(record, self.input_field, optional=True)
         template = self.template if extra.strip() else self.template_no_input
         return template.format(instruction=instruction, input=extra)
