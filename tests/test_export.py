@@ -238,3 +238,26 @@ def test_a_failed_export_leaves_the_old_one_in_place(trained, tmp_path, monkeypa
     monkeypatch.undo()
     export(checkpoint, out, "--merge", "--overwrite")  # --overwrite replaces it once the new one checks out
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+
+
+def test_merged_export_after_bf16_training_is_the_fp32_base_plus_the_adapter(tiny_model, data_dir, tmp_path):
+    """Training computed in bf16 (the frozen base held in bf16): the merged export still folds the adapter into the
+    base's own fp32 weights, so it equals peft's base + adapter at fp32 tolerance."""
+    run_dir = tmp_path / "run"
+    args = ["fit", "--model.model_name_or_path", str(tiny_model), "--trainer.default_root_dir", str(run_dir)]
+    args += ["--data.train_path", str(data_dir / "train.jsonl"), "--data.val_path", str(data_dir / "val.jsonl")]
+    args += ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    args += [*FIT, *METHODS["lora"], "--trainer.precision", "bf16-mixed", "--model.dtype", "bfloat16"]
+    assert cli(args) == 0
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    adapter = export(checkpoint, tmp_path / "adapter")
+    merged = export(checkpoint, tmp_path / "merged", "--merge")
+    inputs = probe_inputs(vocab_size=300, shape=(2, 9), seed=7)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    base_logits = logits(base, "causal_lm", inputs)
+    reference = logits(PeftModel.from_pretrained(base, adapter), "causal_lm", inputs)
+    got = logits(AutoModelForCausalLM.from_pretrained(merged), "causal_lm", inputs)
+    assert (reference - base_logits).abs().max() > 1e-3  # the adapter changes the logits: a lost merge would show
+    torch.testing.assert_close(got, reference, atol=1e-5 * reference.abs().max().item(), rtol=0)
+    record = json.loads((merged / "lightning_ft_export.json").read_text())
+    assert record["check"]["reference"].startswith("base model")

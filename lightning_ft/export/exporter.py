@@ -50,7 +50,12 @@ def export(args: ExportRequest) -> None:
     output, checkpoint = Path(args.output).expanduser().resolve(), Path(args.ckpt).expanduser().resolve()
     check_flags(args, output, checkpoint)
     module = load_trained(checkpoint, base=args.base)
+    if not module.method.saves_full_model and module.hparams.dtype is not None:
+        # The frozen base was held in another dtype to train (bf16 rounds it): export base + adapter from the base's
+        # own files instead, read in fp32 (which holds any published dtype exactly), the trained weights in fp32.
+        module = load_trained(checkpoint, base=args.base, dtype=None)
     method, task, source = module.method, module.hparams.task, module.hparams.model_name_or_path
+    reference = reference_name(module, source)
     whole = args.merge or method.saves_full_model or args.format == "onnx"
     if args.quantize and not whole:
         raise UserError("--quantize quantises the merged weights: add --merge (an adapter alone stays as trained)")
@@ -85,7 +90,7 @@ def export(args: ExportRequest) -> None:
         if fmt != "onnx":
             check = compare(references[0], logits(load_exported(staging, base=source), task, probes[0]))
             check_within(check, tolerance, strict=not args.quantize)
-        record["check"] = {**check, "tolerance": tolerance, "probe_shape": list(PROBE_SHAPE)}
+        record["check"] = {**check, "reference": reference, "tolerance": tolerance, "probe_shape": list(PROBE_SHAPE)}
         write_json_atomically(staging / EXPORT_RECORD, record)
         run = run_record(checkpoint)
         if run:
@@ -95,9 +100,17 @@ def export(args: ExportRequest) -> None:
         make_readable(staging)
     quantized = f", {args.quantize}" if args.quantize else ""
     print(
-        f"exported {fmt} ({record['dtype']}{quantized}) to {output}; against the trained model: "
+        f"exported {fmt} ({record['dtype']}{quantized}) to {output}; against {reference}: "
         f"max |logit diff| {check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.1%}"
     )
+
+
+def reference_name(module, source: str) -> str:
+    """What the export is checked against, in words (the printed line and the export record say it)."""
+    if module.method.saves_full_model:
+        return "the trained model"
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in module.model.parameters() if not p.requires_grad})
+    return f"base model {source} ({'/'.join(dtypes)}) + the trained weights"
 
 
 def check_flags(args, output: Path, checkpoint: Path) -> None:
