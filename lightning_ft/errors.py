@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 
@@ -15,3 +16,15 @@ class UserError(Exception):
     def __init__(self, message: object) -> None:
         super().__init__(message)
         UserError.latest = " ".join(str(message).split())
+
+
+def find_cause(err: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in `err`'s chain of causes (itself first) that is `wanted`: libraries re-raise ours, and
+    turn an OSError into their own error, with the original as its cause."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if wanted(err):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

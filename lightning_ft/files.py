@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, find_cause
 
 PARTIAL_SUFFIX = ".partial"  # what a write in progress is called; a crash can leave one behind
 
@@ -31,7 +31,7 @@ def write_atomically(path: Path, write: Callable[[IO], object], mode: str = "wb"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-        os.fchmod(descriptor, 0o666 & ~current_umask())  # mkstemp's 0600 would hide run files from the team
+        os.fchmod(descriptor, FILE_MODE)  # mkstemp's 0600 would hide run files from the team
         with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
         commit(Path(temporary), path)
@@ -50,19 +50,16 @@ STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 def storage_error(err: BaseException) -> OSError | None:
     """The OSError of a full, read-only or forbidden file system somewhere in an exception's chain of causes."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno in STORAGE_ERRORS:
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return find_cause(err, lambda cause: isinstance(cause, OSError) and cause.errno in STORAGE_ERRORS)
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
+def _umask() -> int:
+    mask = os.umask(0)  # reading it means setting it: once, at import, before any thread writes a file
     os.umask(mask)
     return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would have given the file
 
 
 def partial_path(path: Path) -> Path:

@@ -248,3 +248,13 @@ def test_a_mistake_in_a_config_file_names_the_file(cli, fit_args, tmp_path, caps
     assert cli([*fit_args(), "--config", str(config)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {config}") and message in errors[0], errors
+
+
+def test_run_files_get_the_permissions_open_would_give(tmp_path):
+    """write_atomically goes through mkstemp, whose 0600 would hide config.yaml and run.json from the team."""
+    from lightning_ft.files import write_json_atomically
+
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    write_json_atomically(tmp_path / "atomic.json", {})
+    assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -18,7 +18,7 @@ import os
 import sys
 
 from lightning_ft.console import quiet_known_noise
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, find_cause
 
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -97,7 +97,7 @@ def run(name: str, argv: list[str], debug: bool) -> int:
             return PREEMPTED_EXIT_STATUS
         if debug:
             raise
-        cause = user_error_cause(err)
+        cause = find_cause(err, lambda e: isinstance(e, UserError))
         if cause is not None:  # our own check, run inside a library (jsonargparse instantiating a method)
             print(f"error: {explain(cause, argv)}", file=sys.stderr)
             return 2
@@ -118,17 +118,6 @@ def run(name: str, argv: list[str], debug: bool) -> int:
         print(f"error: {advice}", file=sys.stderr)
         return 1
     return 0
-
-
-def user_error_cause(err: BaseException) -> UserError | None:
-    """The UserError that an exception was raised from, however deep in its chain of causes."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def overview() -> str:
