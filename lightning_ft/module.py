@@ -378,8 +378,7 @@ def plain_hyperparameters(hparams) -> dict:
 
     def plain(value):
         if dataclasses.is_dataclass(value) and isinstance(value, Method):
-            cls = type(value)
-            return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dataclasses.asdict(value)}
+            return {"class_path": value.class_path(), "init_args": dataclasses.asdict(value)}
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
     plain_values = {key: plain(value) for key, value in dict(hparams).items()}

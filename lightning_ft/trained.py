@@ -52,8 +52,6 @@ def load_causal_lm(model: str, dtype: DType = "auto"):
     if hparams.task != "causal_lm":
         raise UserError(f"--model: {path} holds a {hparams.task} model; this needs a causal LM")
     tokenizer = load_tokenizer(hparams.model_name_or_path, hparams.trust_remote_code)
-    try:
-        merged = module.method.merge(module.model)
-    except UserError:  # prefix tuning, bottleneck adapters: run with the adapter in place
-        merged = module.model
+    # A method that cannot merge (prefix tuning, bottleneck adapters) runs with its adapter in place.
+    merged = module.method.merge(module.model) if module.method.can_merge else module.model
     return merged.eval(), tokenizer

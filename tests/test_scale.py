@@ -17,7 +17,7 @@ from conftest import ROOT, WORDS, run_in_processes, write_jsonl
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.strategies import Strategy
 
-from lightning_ft.distributed.presets import fit_quant_storage
+from lightning_ft.distributed.presets import fit_method_to_strategy
 from lightning_ft.errors import UserError
 
 
@@ -171,14 +171,14 @@ def test_qlora_under_fsdp_stores_its_4bit_weights_so_fsdp_can_flatten_them(tiny_
     model = Namespace(
         method=Namespace(class_path="lightning_ft.methods.QLoRA", init_args=Namespace(quant_storage="uint8"))
     )
-    fit_quant_storage(trainer, model)
+    fit_method_to_strategy(trainer, model)
     storage = model.method.init_args.quant_storage
     assert storage == "float32"
     assert run_fsdp1_qlora(tiny_model, storage) == "ok"  # a step moved the adapter, not the 4-bit base
 
     model.method.init_args.quant_storage = "bfloat16"  # a non-uniform unit: refused in one line, before loading
     with pytest.raises(UserError, match="quant_storage bfloat16 cannot be flattened by FSDP"):
-        fit_quant_storage(trainer, model)
+        fit_method_to_strategy(trainer, model)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU communication op with g++")

@@ -33,7 +33,7 @@ from lightning_ft.callbacks import (
 )
 from lightning_ft.checkpoints import SafeCheckpointIO, resume_point
 from lightning_ft.data import FineTuneDataModule
-from lightning_ft.distributed.presets import check_strategy, fill_data_parallel_size, fit_quant_storage
+from lightning_ft.distributed.presets import check_strategy, fill_data_parallel_size, fit_method_to_strategy
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
 from lightning_ft.module import FineTuneModule
@@ -143,7 +143,7 @@ class FineTuneCLI(LightningCLI):
         config = self.settings
         check_strategy(config.trainer)
         fill_data_parallel_size(config.trainer)
-        fit_quant_storage(config.trainer, config.model)
+        fit_method_to_strategy(config.trainer, config.model)
         if self.subcommand == "fit":
             run_dir = Path(config.trainer.default_root_dir or ".")
             if self.held is not None and rank_zero_only.rank == 0:  # one lock per fit, not per process of it

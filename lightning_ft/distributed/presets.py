@@ -5,9 +5,10 @@ These work on the parsed configuration (jsonargparse Namespaces), so a mistake i
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ft.errors import UserError
 
@@ -55,25 +56,10 @@ def fill_data_parallel_size(trainer) -> None:
         args.data_parallel_size = int(trainer.devices) * int(trainer.num_nodes)
 
 
-def fit_quant_storage(trainer: Namespace, model: Namespace) -> None:
-    """QLoRA under FSDP (1): FSDP flattens each unit's parameters into one tensor, which needs one floating dtype.
-
-    QLoRA keeps everything but the 4-bit weights in float32 (peft's k-bit preparation upcasts norms and
-    embeddings; adapters are float32), so the packed 4-bit data must be stored as float32 too (same bytes, a
-    quarter of the elements): uint8 fails with "Cannot flatten integer dtype tensors", bfloat16 with "Must flatten
-    tensors with uniform dtype" (both seen with torch 2.13's FSDP on CPU).
-    """
+def fit_method_to_strategy(trainer: Namespace, model: Namespace) -> None:
+    """The method adjusts its settings to the strategy, or refuses it (QLoRA's 4-bit storage under FSDP)."""
     method = model.get("method")
-    if strategy_name(trainer) != "FSDPStrategy" or not isinstance(method, Namespace):
-        return
-    if not str(method.class_path).endswith("QLoRA"):
-        return
-    storage = method.init_args.get("quant_storage", "uint8")
-    if storage == "uint8":
-        method.init_args.quant_storage = "float32"
-        rank_zero_info("QLoRA under FSDP: storing 4-bit weights as float32 (FSDP flattens one dtype per unit)")
-    elif storage != "float32":
-        raise UserError(
-            f"--model.method.quant_storage {storage} cannot be flattened by FSDP with QLoRA's float32 weights; "
-            "use float32 (or leave the default)"
-        )
+    if isinstance(method, Namespace):  # jsonargparse checked that the class path imports
+        module, _, name = str(method.class_path).rpartition(".")
+        method.init_args = method.get("init_args") or Namespace()  # a method without fields has none
+        getattr(importlib.import_module(module), name).fit_strategy(strategy_name(trainer), method.init_args)

@@ -18,7 +18,7 @@ def model_card(record: dict, hparams: dict, run: dict | None) -> str:
     method = record["method"]
     header = ModelCardData(
         base_model=record["base_model"],
-        library_name="peft" if record["format"] == "adapter" and method["name"] != "BottleneckAdapter" else None,
+        library_name=method.get("adapter_library") if record["format"] == "adapter" else None,
         pipeline_tag=PIPELINES[record["task"]],
         tags=["lightning-ft", method["name"].lower(), *(["onnx"] if record["format"] == "onnx" else [])],
     ).to_yaml()
@@ -68,26 +68,7 @@ def loading_code(record: dict) -> str:
         )
     if record["format"] == "merged":
         return f"from transformers import {auto}, AutoTokenizer\n\nmodel = {auto}.from_pretrained(PATH)"
-    if record["method"]["name"] == "BottleneckAdapter":  # not a peft adapter: lightning_ft puts it back
-        return "from lightning_ft.export import load_exported\n\nmodel = load_exported(PATH)  # base: from the record"
-    settings = record["method"]["settings"]
-    quantized = (  # QLoRA's adapter goes on the 4-bit base it was trained with
-        f", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={settings['quant_type']!r}"
-        f", bnb_4bit_use_double_quant={settings['double_quant']}"
-        f", bnb_4bit_compute_dtype=torch.{settings['compute_dtype']})"
-        if record["method"]["name"] == "QLoRA"
-        else ""
-    )
-    imports = (
-        f"import torch\nfrom transformers import {auto}, BitsAndBytesConfig"
-        if quantized
-        else f"from transformers import {auto}"
-    )
-    return (
-        f"from peft import PeftModel\n{imports}\n\n"
-        f"base = {auto}.from_pretrained({record['base_model']!r}{quantized})\n"
-        "model = PeftModel.from_pretrained(base, PATH)"
-    )
+    return record["method"]["adapter_loading_code"]
 
 
 def training_facts(run: dict) -> dict:

@@ -20,7 +20,14 @@ from lightning_ft.checkpoints import load_checkpoint_file
 from lightning_ft.errors import UserError
 from lightning_ft.export.card import model_card
 from lightning_ft.export.check import PROBE_SHAPE, TOLERANCE, compare, logits, probe_inputs
-from lightning_ft.export.hf import EXPORT_RECORD, load_exported, write_adapter, write_merged, write_quantized
+from lightning_ft.export.hf import (
+    AUTO_CLASSES,
+    EXPORT_RECORD,
+    load_exported,
+    write_adapter,
+    write_merged,
+    write_quantized,
+)
 from lightning_ft.export.onnx import check_onnx, quantize_onnx, require_onnx, run_onnx, write_onnx
 from lightning_ft.files import staged_folder, write_json_atomically
 from lightning_ft.loading import TORCH_DTYPES, load_tokenizer
@@ -138,8 +145,7 @@ def base_dtype(source: str) -> torch.dtype:
 def computed_dtypes(module) -> set[torch.dtype]:
     """The dtypes the trained model computed in: its floating weights', and a QLoRA base's compute dtype."""
     dtypes = {p.dtype for p in module.model.parameters() if p.is_floating_point()}
-    compute = getattr(module.method, "compute_dtype", None)
-    return dtypes | ({TORCH_DTYPES[compute]} if compute else set())
+    return dtypes | {TORCH_DTYPES[name] for name in module.method.compute_dtypes()}
 
 
 def check_within(check: dict, tolerance: float, strict: bool) -> None:
@@ -172,7 +178,13 @@ def export_record(args, output: Path, checkpoint: Path, saved: dict, source: str
         "format": fmt,
         "task": task,
         "base_model": source,
-        "method": {"name": type(method).__name__, "settings": dataclasses.asdict(method)},
+        "method": {
+            "name": type(method).__name__,
+            "class_path": method.class_path(),
+            "settings": dataclasses.asdict(method),
+            "adapter_library": method.adapter_library,  # the model card says these (it has only the record)
+            "adapter_loading_code": method.adapter_loading_code(AUTO_CLASSES[task].__name__, source),
+        },
         "labels": hparams.get("labels"),
         "num_labels": hparams.get("num_labels"),
         "dtype": str(dtype).removeprefix("torch."),

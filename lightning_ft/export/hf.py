@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -57,13 +58,24 @@ def write_quantized(directory: Path, task: str, kind: str, dtype: torch.dtype) -
 
 
 def method_by_name(record: dict) -> Method:
-    """The method an export record names, built from its settings (only registered methods: a record is data,
-    and naming a class to import would let a downloaded file run code)."""
-    known = {cls.__name__: cls for cls in METHODS}
-    name = record["method"]["name"]
-    if name not in known:
-        raise UserError(f"the export was made with {name}, which lightning_ft does not know: {', '.join(known)}")
-    return known[name](**record["method"]["settings"])
+    """The method an export record names, built from its settings. A registered method by its name; any other by
+    its class path, which only imports installed code (the checkpoint it was exported from named the same class),
+    and only a Method subclass is built."""
+    name, class_path = record["method"]["name"], record["method"].get("class_path")
+    known = {cls.__name__: cls for cls in METHODS}  # records written before they kept the class path
+    cls = import_method(class_path) if class_path else known.get(name)
+    if cls is None:
+        raise UserError(f"the export was made with {class_path or name}, which does not import here: is it installed?")
+    return cls(**record["method"]["settings"])
+
+
+def import_method(class_path: str) -> type[Method] | None:
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Method) else None
 
 
 def read_record(directory: Path) -> dict:

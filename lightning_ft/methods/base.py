@@ -34,6 +34,33 @@ class Method(ABC):
     #: the loss must come from the model's own logits rather than from its backbone's hidden states (see loss.py).
     hidden_state_loss: ClassVar[bool] = True
 
+    #: True when `merge` folds the trained weights into plain base weights (else it says why it cannot).
+    can_merge: ClassVar[bool] = False
+    #: The library whose format `save_adapter` writes ("peft"), or None when only lightning_ft can load it back.
+    adapter_library: ClassVar[str | None] = "peft"
+
+    @classmethod
+    def class_path(cls) -> str:
+        """The import path configurations, checkpoints and export records name the method by."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def fit_strategy(cls, strategy: str, settings) -> None:
+        """Adjust the method's parsed settings (`--model.method.init_args`, a jsonargparse Namespace, before the
+        method is built) to what the Lightning strategy class named `strategy` needs, or refuse in one line."""
+
+    def compute_dtypes(self) -> set[str]:
+        """Dtypes the method computes in besides its weights' own (a 4-bit base's compute dtype), for the export's
+        tolerance."""
+        return set()
+
+    def adapter_loading_code(self, auto_class: str, base_model: str) -> str:
+        """Python that loads what `save_adapter` wrote into PATH without lightning_ft (for the model card)."""
+        return (
+            f"from peft import PeftModel\nfrom transformers import {auto_class}\n\n"
+            f"base = {auto_class}.from_pretrained({base_model!r})\nmodel = PeftModel.from_pretrained(base, PATH)"
+        )
+
     def check(self, *, gradient_checkpointing: bool) -> None:
         """Reject incompatible settings before any weight is loaded."""
 
@@ -60,7 +87,7 @@ class Method(ABC):
         model.load_state_dict(state, strict=False)
 
     def merge(self, model: nn.Module) -> nn.Module:
-        """Fold the trained weights into plain base weights and return the plain model."""
+        """Fold the trained weights into plain base weights and return the plain model (when `can_merge`)."""
         raise UserError(f"{type(self).__name__} cannot be merged into the base weights")
 
     def save_adapter(self, model: nn.Module, directory: Path) -> None:

@@ -85,6 +85,11 @@ class BottleneckAdapter(Method):
     mlp_modules: list[str] | None = None
     init_std: float = 1e-2
 
+    adapter_library = None  # not a peft adapter: lightning_ft puts it back
+
+    def adapter_loading_code(self, auto_class: str, base_model: str) -> str:
+        return "from lightning_ft.export import load_exported\n\nmodel = load_exported(PATH)  # base: from the record"
+
     def target_names(self, model: nn.Module) -> list[str]:
         attention = tuple(self.attention_modules or ATTENTION_OUTPUTS)
         mlp = tuple(self.mlp_modules or MLP_OUTPUTS)

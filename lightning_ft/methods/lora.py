@@ -36,6 +36,8 @@ class LoRA(Method):
     use_dora: bool = False
     use_rslora: bool = False
 
+    can_merge = True
+
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise UserError(f"--model.method.r must be positive, got {self.r}")

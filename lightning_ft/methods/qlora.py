@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from peft import prepare_model_for_kbit_training
 from peft.tuners.lora import LoraLayer
 from peft.utils.integrations import dequantize_bnb_weight
@@ -56,6 +57,42 @@ class QLoRA(LoRA):
             bnb_functional.quantize_4bit(torch.ones(64, device=device), quant_type=self.quant_type)
         except Exception as err:  # ImportError, missing native library, unsupported device
             raise UserError(f"QLoRA needs bitsandbytes with 4-bit support on {device}: {err}") from err
+
+    @classmethod
+    def fit_strategy(cls, strategy: str, settings) -> None:
+        """FSDP (1) flattens each unit's parameters into one tensor, which needs one floating dtype.
+
+        QLoRA keeps everything but the 4-bit weights in float32 (peft's k-bit preparation upcasts norms and
+        embeddings; adapters are float32), so the packed 4-bit data must be stored as float32 too (same bytes, a
+        quarter of the elements): uint8 fails with "Cannot flatten integer dtype tensors", bfloat16 with "Must
+        flatten tensors with uniform dtype" (both seen with torch 2.13's FSDP on CPU).
+        """
+        if strategy != "FSDPStrategy":
+            return
+        storage = settings.get("quant_storage", "uint8")
+        if storage == "uint8":
+            settings.quant_storage = "float32"
+            rank_zero_info("QLoRA under FSDP: storing 4-bit weights as float32 (FSDP flattens one dtype per unit)")
+        elif storage != "float32":
+            raise UserError(
+                f"--model.method.quant_storage {storage} cannot be flattened by FSDP with QLoRA's float32 weights; "
+                "use float32 (or leave the default)"
+            )
+
+    def compute_dtypes(self) -> set[str]:
+        return {self.compute_dtype}
+
+    def adapter_loading_code(self, auto_class: str, base_model: str) -> str:
+        # The adapter goes on the 4-bit base it was trained with.
+        quantized = (
+            f"BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={self.quant_type!r}, "
+            f"bnb_4bit_use_double_quant={self.double_quant}, bnb_4bit_compute_dtype=torch.{self.compute_dtype})"
+        )
+        return (
+            f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto_class}, BitsAndBytesConfig\n\n"
+            f"base = {auto_class}.from_pretrained({base_model!r}, quantization_config={quantized})\n"
+            "model = PeftModel.from_pretrained(base, PATH)"
+        )
 
     def quantization_config(self) -> BitsAndBytesConfig:
         return BitsAndBytesConfig(
