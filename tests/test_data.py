@@ -4,6 +4,7 @@ the quality report on planted problems, the tokenization cache, and every format
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -440,3 +441,20 @@ def test_data_command_prints_and_writes_the_report(cli, tiny_model, data_dir, tm
     report = json.loads(output.read_text())
     assert report["train"]["records"] == 32 and report["val"]["records"] == 8
     assert set(report["train"]["padding_waste"]) == {"pad_to_max_length", "dynamic", "group_by_length", "pack"}
+
+
+def test_a_cache_hit_reports_this_runs_source_and_batching(tiny_model, data_dir, tmp_path):
+    """The same data at another path, batched otherwise, reads the cache and reports what a fresh build would."""
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    shutil.copy(data_dir / "train.jsonl", elsewhere)
+    cache = str(tmp_path / "cache")
+    first = datamodule(tiny_model, data_dir / "train.jsonl", batch_size=2, batching="pad", cache_dir=cache)
+    first.setup("fit")
+    hit = datamodule(tiny_model, elsewhere, batch_size=8, batching="group_by_length", cache_dir=cache)
+    hit.setup("fit")
+    assert hit.cache.path == first.cache.path  # the same data and preprocessing: one cache entry
+    fresh = datamodule(tiny_model, elsewhere, batch_size=8, batching="group_by_length", cache_dir=str(tmp_path / "b"))
+    fresh.setup("fit")
+    assert hit.report == fresh.report
+    assert hit.report["train"]["source"] == str(elsewhere) and hit.report["batching"] == "group_by_length"
+    assert hit.report["train"]["padding_waste"] != first.report["train"]["padding_waste"]

@@ -9,8 +9,7 @@ from conftest import write_jsonl
 
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.formats import Classification, Instruction
-from lightning_ft.data.pipeline import data_warnings
-from lightning_ft.data.quality import QualityReport, QualityRules
+from lightning_ft.data.quality import QualityRules
 from lightning_ft.errors import UserError
 
 ALPACA = {"instruction": "Say it.", "input": "abc", "output": "ok"}
@@ -130,16 +129,14 @@ def test_a_bad_chat_turn_names_the_line_and_the_turn(tiny_model, tmp_path, turn,
         setup(tiny_model, tmp_path, [good, {"messages": [turn]}], "chat")
 
 
-def test_an_eval_label_training_never_shows_is_warned_about():
-    cleaned = {
-        "train": [(1, {"text": "a", "label": "pos"}), (2, {"text": "b", "label": "neg"})],
-        "val": [(1, {"text": "c", "label": "neutral"}), (2, {"text": "d", "label": "pos"})],
-    }
-    origins = {"train": "train.jsonl", "val": "val.jsonl"}
-    warnings = data_warnings(cleaned, {"train": QualityReport()}, origins, Classification())
-    assert len(warnings) == 1 and warnings[0].startswith(
-        "val.jsonl: label 'neutral' never occurs in the training data (the model cannot learn it;"
-    )
+def test_an_eval_label_training_never_shows_is_warned_about(tiny_model, tmp_path):
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "c", "label": "neutral"}, {"text": "d", "label": "pos"}])
+    rows = [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}]
+    labels = ["pos", "neg", "neutral"]
+    with pytest.warns(UserWarning, match="label 'neutral' never occurs in the training data") as caught:
+        setup(tiny_model, tmp_path, rows, Classification(), val_path=str(val), labels=labels)
+    (warning,) = [w for w in caught if "never occurs" in str(w.message)]
+    assert str(warning.message).startswith(f"{val}: label 'neutral' never occurs in the training data (the model")
 
 
 @pytest.mark.parametrize("flag", ["batch_size", "eval_batch_size", "max_length"])

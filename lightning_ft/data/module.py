@@ -6,10 +6,11 @@ import os
 from functools import cached_property, partial
 from typing import Literal
 
+import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lightning_ft.data.batching import (
@@ -26,13 +27,9 @@ from lightning_ft.data.batching import (
 from lightning_ft.data.formats import DataFormat, EncodeContext, resolve_format
 from lightning_ft.data.pipeline import (
     DatasetCache,
+    PipelineSettings,
     TokenRules,
-    apply_quality,
-    build_report,
-    data_warnings,
-    read_splits,
-    settings_key,
-    tokenize,
+    build,
 )
 from lightning_ft.data.quality import QualityRules
 from lightning_ft.data.sources import Source, check_source
@@ -169,12 +166,10 @@ class FineTuneDataModule(LightningDataModule):
         return self.tokenizer
 
     @cached_property
-    def cache(self) -> DatasetCache:
-        """The tokenized-data cache entry of these settings; keyed once, since keying hashes the data files."""
-        key = settings_key(
+    def pipeline(self) -> PipelineSettings:
+        return PipelineSettings(
             self.format,
             self.sources,
-            self.get_tokenizer(),
             self.encode_context(),
             self.token_rules,
             self.quality,
@@ -182,7 +177,11 @@ class FineTuneDataModule(LightningDataModule):
             self.seed,
             self.encoding_errors,
         )
-        return DatasetCache(self.cache_dir, key)
+
+    @cached_property
+    def cache(self) -> DatasetCache:
+        """The tokenized-data cache entry of these settings; keyed once, since keying hashes the data files."""
+        return DatasetCache(self.cache_dir, self.pipeline.cache_key())
 
     def prepare_data(self) -> None:
         """Build the tokenized dataset once (rank 0 of each node under DDP), unless the cache has it."""
@@ -190,40 +189,30 @@ class FineTuneDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self.datasets is None:
-            self.datasets, self.report = self.load_or_build()  # other ranks find what rank 0 built
+            tokenized, report = self.load_or_build()  # other ranks find what rank 0 built
+            self.datasets, self.report = tokenized, self.describe(report, tokenized)
         if stage == "fit" and "train" not in self.datasets:
             raise UserError("--data.train_path is required to fit")
 
-    def load_or_build(self):
-        """(tokenized splits, report) from the cache, or built by the pipeline and cached."""
+    def load_or_build(self) -> tuple[datasets.DatasetDict, dict]:
+        """(tokenized splits, the data's report) from the cache, or built by the pipeline and cached."""
         if not self.sources["train"]:
             raise UserError("--data.train_path is required")
-        cache = self.cache
-        cached = cache.load()
+        cached = self.cache.load()
         if cached is not None:
-            rank_zero_info(f"data: tokenized cache hit {cache.path}")
+            rank_zero_info(f"data: tokenized cache hit {self.cache.path}")
             return cached
-        records, origins = read_splits(self.sources, self.split, self.seed, self.format, self.encoding_errors)
-        cleaned, quality = apply_quality(records, origins, self.format, self.quality, self.seed)
-        for warning in data_warnings(cleaned, quality, origins, self.format):
-            rank_zero_warn(warning)
-        tokenized, counts = tokenize(
-            cleaned, origins, self.format, self.encode_context(), self.token_rules, self.num_proc
-        )
-        for name, count in counts.items():
-            if count["no_label_tokens"]:
-                rank_zero_warn(
-                    f"{origins[name]}: dropped {count['no_label_tokens']} examples with no label token "
-                    f"left (the prompt fills max_length={self.token_rules.max_length}, or no response)"
-                )
-        report = build_report(records, quality, counts, tokenized, self.format, origins)
+        self.cache.save(*build(self.pipeline, self.num_proc))
+        return self.cache.load()
+
+    def describe(self, report: dict, tokenized: datasets.DatasetDict) -> dict:
+        """The data's report with this run's own facts, which the cache key leaves out: where each split is read
+        from, and how this run's batching pads its batches."""
+        report = {name: {"source": self.pipeline.origin(name), **entry} for name, entry in report.items()}
         lengths = list(tokenized["train"]["length"])  # a plain list: indexing a datasets Column is slow
-        report["train"]["padding_waste"] = padding_waste(
-            lengths, self.batch_size, self.token_rules.max_length, self.seed
-        )
-        report["batching"] = self.batching
-        cache.save(tokenized, report)
-        return cache.load()
+        waste = padding_waste(lengths, self.batch_size, self.token_rules.max_length, self.seed)
+        report["train"]["padding_waste"] = waste
+        return report | {"batching": self.batching}
 
     # -- batches ---------------------------------------------------------------------------------------------
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data.formats import DataFormat, EncodeContext
@@ -22,10 +22,11 @@ from lightning_ft.data.quality import QualityReport, QualityRules, clean, label_
 from lightning_ft.data.sources import Record, Source, fingerprint, read_records
 from lightning_ft.data.splits import SplitSpec, carve
 from lightning_ft.errors import UserError
+from lightning_ft.files import staged_folder
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
-PIPELINE_VERSION = 3  # bump when a change here alters what a cached dataset would hold
+PIPELINE_VERSION = 4  # bump when a change here alters what a cached dataset would hold
 
 
 @dataclass
@@ -38,9 +39,58 @@ class TokenRules:
     min_length: int = 0  # examples shorter than this many tokens are dropped
 
 
-def cache_key(parts: dict) -> str:
-    """A digest of everything that shapes the tokenized data (sources' bytes, tokenizer, format, rules, seed)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:24]
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything that shapes the tokenized data: the pipeline's one input, and its cache key (every field, the
+    sources by their bytes and the tokenizer by its vocabulary). How the data is batched is not here: batching
+    facts are computed after the cache, for each run's own batch size."""
+
+    format: DataFormat
+    sources: dict[str, Source | None]
+    context: EncodeContext  # the tokenizer, max_length, labels, train_on_inputs
+    tokens: TokenRules
+    quality: QualityRules
+    split: SplitSpec
+    seed: int
+    encoding_errors: str
+
+    def cache_key(self) -> str:
+        ctx = self.context
+        parts = {
+            "version": PIPELINE_VERSION,
+            "format": repr(self.format),
+            "sources": {name: fingerprint(source) for name, source in self.sources.items() if source},
+            "tokenizer": tokenizer_fingerprint(ctx.tokenizer),
+            "labels": [ctx.labels, ctx.num_labels, ctx.train_on_inputs, ctx.max_length],
+            "tokens": asdict(self.tokens),
+            "quality": asdict(self.quality),
+            "split": asdict(self.split),
+            "seed": self.seed,
+            "encoding_errors": self.encoding_errors,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:24]
+
+    def origin(self, name: str) -> str:
+        """Where a split's records come from, as reports and errors name it (a carved split: the training data)."""
+        name = name if self.sources.get(name) else "train"
+        source = self.sources[name]
+        return source if isinstance(source, str) else f"--data.{name}_path"
+
+
+def build(settings: PipelineSettings, num_proc: int | None) -> tuple[datasets.DatasetDict, dict]:
+    """The whole pipeline: (tokenized splits, the data's report), warning about what a user should know."""
+    records = read_splits(settings)
+    cleaned, quality = apply_quality(records, settings)
+    for warning in data_warnings(cleaned, quality, settings):
+        rank_zero_warn(warning)
+    tokenized, counts = tokenize(cleaned, settings, num_proc)
+    for name, count in counts.items():
+        if count["no_label_tokens"]:
+            rank_zero_warn(
+                f"{settings.origin(name)}: dropped {count['no_label_tokens']} examples with no label token left "
+                f"(the prompt fills max_length={settings.tokens.max_length}, or no response)"
+            )
+    return tokenized, build_report(records, quality, counts, tokenized, settings.format)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -52,36 +102,33 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((vocabulary + extra).encode()).hexdigest()
 
 
-def read_splits(
-    sources: dict[str, Source | None], split: SplitSpec, seed: int, fmt: DataFormat, encoding_errors: str
-) -> tuple[dict[str, list[Record]], dict[str, str]]:
-    """Records per split, from their own files or carved out of the training file; and where each came from."""
+def read_splits(settings: PipelineSettings) -> dict[str, list[Record]]:
+    """Records per split, from their own files or carved out of the training file."""
+    fmt, sources = settings.format, settings.sources
     field_names = {
         "label_field": getattr(fmt, "label_field", "label"),
         "text_field": getattr(fmt, "text_field", "text"),
     }
-    records, origins = {}, {}
+    records = {}
     for name in SPLITS:
         if sources.get(name):
-            records[name] = read_records(
-                sources[name], f"--data.{name}_path", encoding_errors=encoding_errors, **field_names
-            )
-            origins[name] = sources[name] if isinstance(sources[name], str) else f"--data.{name}_path"
-    if split.active():
+            flag = f"--data.{name}_path"
+            records[name] = read_records(sources[name], flag, encoding_errors=settings.encoding_errors, **field_names)
+    if settings.split.active():
         taken = [name for name in ("val", "test") if name in records]
         if taken:
             raise UserError(
                 f"--data.split carves val/test from the training file; drop --data.{taken[0]}_path or the split"
             )
-        records = carve(records["train"], split, seed)
-        origins = {name: origins["train"] for name in records}
-    return records, origins
+        records = carve(records["train"], settings.split, settings.seed)
+    return records
 
 
 def apply_quality(
-    records: dict[str, list[Record]], origins: dict[str, str], fmt: DataFormat, rules: QualityRules, seed: int
+    records: dict[str, list[Record]], settings: PipelineSettings
 ) -> tuple[dict[str, list[Record]], dict[str, QualityReport]]:
     """Clean every split, then remove train records leaked into val/test, then rebalance labels of train."""
+    fmt, rules, seed = settings.format, settings.quality, settings.seed
     reports = {name: QualityReport() for name in records}
     # A format may list alternative fields (chat: messages or conversations): check those the data has.
     present = {f for f in fmt.text_fields() if any(f in r for _, r in next(iter(records.values())))}
@@ -90,7 +137,13 @@ def apply_quality(
     required = [f for f in fmt.required_fields() if f not in alternatives]
     cleaned = {
         name: clean(
-            split, fields, rules, reports[name], source=origins[name], key_fields=fmt.key_fields(), required=required
+            split,
+            fields,
+            rules,
+            reports[name],
+            source=settings.origin(name),
+            key_fields=fmt.key_fields(),
+            required=required,
         )
         for name, split in records.items()
     }
@@ -103,22 +156,23 @@ def apply_quality(
         cleaned["train"] = rebalance(cleaned["train"], label_field, rules.rebalance, seed, reports["train"])
     if not cleaned["train"]:
         raise UserError(
-            f"{origins['train']}: no training records left after the quality rules "
+            f"{settings.origin('train')}: no training records left after the quality rules "
             f"({json.dumps(reports['train'].dropped)})"
         )
     return cleaned, reports
 
 
 def data_warnings(
-    cleaned: dict[str, list[Record]], quality: dict[str, QualityReport], origins: dict[str, str], fmt: DataFormat
+    cleaned: dict[str, list[Record]], quality: dict[str, QualityReport], settings: PipelineSettings
 ) -> list[str]:
     """What a user should know about data that is valid: PII kept in the text, eval labels training never shows."""
-    warnings = []
+    warnings, fmt = [], settings.format
     for name, report in quality.items():
         if report.pii_kept:
             found = ", ".join(f"{count} {kind}" for kind, count in sorted(report.pii.items()))
             warnings.append(
-                f"{origins[name]}: PII found and kept in the text ({found}); --data.quality.scrub_pii true replaces it"
+                f"{settings.origin(name)}: PII found and kept in the text ({found}); "
+                "--data.quality.scrub_pii true replaces it"
             )
     label_field = getattr(fmt, "label_field", None)
     if label_field:
@@ -127,7 +181,7 @@ def data_warnings(
             unseen = sorted({str(record.get(label_field)) for _, record in cleaned.get(name, [])} - seen)
             if unseen:
                 warnings.append(
-                    f"{origins[name]}: label {', '.join(map(repr, unseen))} never occurs in the training data "
+                    f"{settings.origin(name)}: label {', '.join(map(repr, unseen))} never occurs in the training data "
                     "(the model cannot learn it; its examples can only be scored wrong)"
                 )
     return warnings
@@ -155,18 +209,14 @@ def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
 
 
 def tokenize(
-    records: dict[str, list[Record]],
-    origins: dict[str, str],
-    fmt: DataFormat,
-    ctx: EncodeContext,
-    rules: TokenRules,
-    num_proc: int | None,
+    records: dict[str, list[Record]], settings: PipelineSettings, num_proc: int | None
 ) -> tuple[datasets.DatasetDict, dict[str, dict[str, int]]]:
     """Encode every split with `datasets.map` (several processes for large data); count what the token rules did."""
+    fmt, ctx, rules = settings.format, settings.context, settings.tokens
     result, counts = {}, {}
     for name, split in records.items():
 
-        def encode(row: dict, split=split, origin=origins[name], held_out=name != "train") -> dict:
+        def encode(row: dict, split=split, origin=settings.origin(name), held_out=name != "train") -> dict:
             line, record = split[row["index"]]
             try:
                 example, status = finish_example(fmt.encode(record, ctx), rules)
@@ -194,7 +244,7 @@ def tokenize(
         result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
         if len(result[name]) == 0:
             raise UserError(
-                f"{origin_of(name, origins)}: no {name} examples left after tokenization "
+                f"{settings.origin(name)}: no {name} examples left after tokenization "
                 f"({json.dumps(counts[name])}, max_length={rules.max_length})"
             )
     return datasets.DatasetDict(result), counts
@@ -204,10 +254,6 @@ def loss_terms(labels) -> int:
     """How many terms an example adds to the loss: label tokens after the first (which nothing predicts), or one
     class label."""
     return sum(1 for token in labels[1:] if token != IGNORE_INDEX) if isinstance(labels, list) else 1
-
-
-def origin_of(name: str, origins: dict[str, str]) -> str:
-    return origins.get(name, f"--data.{name}_path")
 
 
 def length_summary(lengths: list[int]) -> dict[str, float]:
@@ -227,13 +273,13 @@ def length_summary(lengths: list[int]) -> dict[str, float]:
     }
 
 
-def build_report(records, quality, token_counts, tokenized, fmt: DataFormat, origins) -> dict:
-    """Everything the `data` command shows and writes: per split, rows in/out per rule, labels, lengths."""
+def build_report(records, quality, token_counts, tokenized, fmt: DataFormat) -> dict:
+    """What the data says about itself, per split: rows in/out per rule, labels, lengths (it is cached with the
+    data, so nothing here depends on where the files are or how a run batches them)."""
     report = {}
     label_field = getattr(fmt, "label_field", None)
     for name in tokenized:
         entry = {
-            "source": str(origins[name]),
             "records": len(records[name]),
             "quality": quality[name].to_dict(),
             "tokens": token_counts[name],
@@ -258,36 +304,6 @@ class DatasetCache:
         return datasets.load_from_disk(str(self.path / "data")), json.loads((self.path / "report.json").read_text())
 
     def save(self, data: datasets.DatasetDict, report: dict) -> None:
-        staging = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        data.save_to_disk(str(staging / "data"))
-        (staging / "report.json").write_text(json.dumps(report, indent=2))
-        shutil.rmtree(self.path, ignore_errors=True)
-        staging.rename(self.path)  # atomic: a reader sees the old entry, or none, or the new one
-
-
-def settings_key(
-    fmt,
-    sources,
-    tokenizer,
-    ctx: EncodeContext,
-    tokens: TokenRules,
-    quality: QualityRules,
-    split: SplitSpec,
-    seed: int,
-    encoding_errors: str,
-) -> str:
-    return cache_key(
-        {
-            "version": PIPELINE_VERSION,
-            "format": repr(fmt),
-            "sources": {name: fingerprint(source) for name, source in sources.items() if source},
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "labels": [ctx.labels, ctx.num_labels, ctx.train_on_inputs, ctx.max_length],
-            "tokens": asdict(tokens),
-            "quality": asdict(quality),
-            "split": asdict(split),
-            "seed": seed,
-            "encoding_errors": encoding_errors,
-        }
-    )
+        with staged_folder(self.path) as staging:  # a reader sees the old entry, or none, or the whole new one
+            data.save_to_disk(str(staging / "data"))
+            (staging / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
