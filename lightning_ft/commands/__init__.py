@@ -84,6 +84,8 @@ def run(name: str, argv: list[str], debug: bool) -> int:
     try:
         module.main(argv if COMMANDS[name] == "fit" else argv[1:])
     except SystemExit as stop:  # --help, --print_config: the parser has printed what was asked
+        if interrupted(stop):  # Lightning turns a Ctrl-C outside training (preparing data) into exit(1)
+            raise KeyboardInterrupt from None
         return stop.code if isinstance(stop.code, int) else 0
     except (UserError, ArgumentError) as err:
         if debug:
@@ -97,6 +99,8 @@ def run(name: str, argv: list[str], debug: bool) -> int:
             return PREEMPTED_EXIT_STATUS
         if debug:
             raise
+        if interrupted(err):  # a library's clean-up failed over a Ctrl-C (a process pool's, on its way out)
+            raise KeyboardInterrupt from None
         cause = find_cause(err, lambda e: isinstance(e, UserError))
         if cause is not None:  # our own check, run inside a library (jsonargparse instantiating a method)
             print(f"error: {explain(cause, argv)}", file=sys.stderr)
@@ -118,6 +122,10 @@ def run(name: str, argv: list[str], debug: bool) -> int:
         print(f"error: {advice}", file=sys.stderr)
         return 1
     return 0
+
+
+def interrupted(err: BaseException) -> bool:
+    return find_cause(err, lambda cause: isinstance(cause, KeyboardInterrupt)) is not None
 
 
 def overview() -> str:

@@ -6,10 +6,13 @@ sources -> records -> (carve splits) -> quality rules per split -> train/val/tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,13 +235,14 @@ def tokenize(
 
         processes = num_proc if num_proc is not None else (os.cpu_count() if len(split) > 20_000 else None)
         # new_fingerprint: our own cache keys the result, and hashing the closure (records, tokenizer) is slow.
-        encoded = datasets.Dataset.from_dict({"index": list(range(len(split)))}).map(
-            encode,
-            remove_columns=["index"],
-            num_proc=processes,
-            desc=f"tokenizing {name}",
-            new_fingerprint=uuid.uuid4().hex,
-        )
+        with quiet_workers_on_ctrl_c():
+            encoded = datasets.Dataset.from_dict({"index": list(range(len(split)))}).map(
+                encode,
+                remove_columns=["index"],
+                num_proc=processes,
+                desc=f"tokenizing {name}",
+                new_fingerprint=uuid.uuid4().hex,
+            )
         statuses = list(encoded["status"])
         counts[name] = {s: statuses.count(s) for s in TOKEN_STATUSES}
         result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
@@ -248,6 +252,28 @@ def tokenize(
                 f"({json.dumps(counts[name])}, max_length={rules.max_length})"
             )
     return datasets.DatasetDict(result), counts
+
+
+@contextlib.contextmanager
+def quiet_workers_on_ctrl_c() -> Iterator[None]:
+    """A Ctrl-C reaches every process of the terminal's group: the tokenizer processes `datasets` forks (and their
+    manager) would each print a KeyboardInterrupt traceback. Forked, they inherit this handler and exit quietly;
+    this process raises KeyboardInterrupt as usual, and `datasets` closes its pool on the way out."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # ignored (a background job), or someone else's handler: leave it to them
+        return
+    parent = os.getpid()
+
+    def on_ctrl_c(signum, frame) -> None:
+        if os.getpid() != parent:
+            raise SystemExit(128 + signum)  # multiprocessing ends a process on SystemExit without a traceback
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def loss_terms(labels) -> int:
