@@ -485,7 +485,7 @@ def test_malformed_file_names_file_and_line(tmp_path):
     assert "\n" not in str(err.value)  # the CLI prints it as one `error: ...` line
     write_jsonl(tmp_path / "gsm8k/test.jsonl", [{"question": "q", "answer": "#### 1"}])
     (tmp_path / "gsm8k/test.jsonl").open("a").write("{not json\n")
-    with pytest.raises(UserError, match=r"malformed benchmark file .*test.jsonl, line 2: not JSON"):
+    with pytest.raises(UserError, match=r"gsm8k/test.jsonl:2: invalid JSON \(Expecting property name"):
         evaluate(Constant(), ["gsm8k"], tmp_path, num_fewshot=0)
 
 

@@ -11,6 +11,7 @@ import krippendorff
 import numpy as np
 import pytest
 
+from lightning_ft.commands import main as lightning_ft
 from lightning_ft.commands.human_eval import main
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation import human
@@ -136,10 +137,10 @@ def test_export_refuses_an_existing_folder(tmp_path: Path) -> None:
     ("change", "message"),
     [
         ("drop", r"gen_1\.jsonl: no output for id '3' \(.*gen_0\.jsonl line 4 has it\)"),
-        ("prompt", r"gen_1\.jsonl line 4: id '3' has a different prompt than .*gen_0\.jsonl line 4"),
-        ("extra", r"gen_1\.jsonl line 9: id 'new' is not in .*gen_0\.jsonl"),
-        ("duplicate", r"gen_1\.jsonl line 9: id '3' repeats line 4"),
-        ("field", r"gen_1\.jsonl line 4: needs 'id' \(string or integer\), 'prompt' and 'output'"),
+        ("prompt", r"gen_1\.jsonl:4: id '3' has a different prompt than .*gen_0\.jsonl line 4"),
+        ("extra", r"gen_1\.jsonl:9: id 'new' is not in .*gen_0\.jsonl"),
+        ("duplicate", r"gen_1\.jsonl:9: id '3' repeats line 4"),
+        ("field", r"gen_1\.jsonl:4: needs 'id' \(string or integer\), 'prompt' and 'output'"),
     ],
 )
 def test_mismatched_outputs_name_the_file_line_and_id_and_leave_nothing(tmp_path: Path, change, message) -> None:
@@ -160,6 +161,23 @@ def test_mismatched_outputs_name_the_file_line_and_id_and_leave_nothing(tmp_path
     with pytest.raises(UserError, match=message):
         export_sheet(outputs, n=3, seed=0, out=tmp_path / "eval")
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_outputs_not_in_utf8_or_not_json_are_one_line_naming_file_and_line(tmp_path: Path, capsys) -> None:
+    outputs = write_outputs(tmp_path)
+    lines = outputs[MODELS[1]].read_bytes().splitlines(keepends=True)
+    out = str(tmp_path / "eval")
+    args = ["export", "--outputs", *(f"{name}={path}" for name, path in outputs.items()), "--n", "2", "--out", out]
+    for bad, message in [
+        (
+            b'{"id": 4, "prompt": "caf\xe9", "output": "x"}\n',
+            "not valid UTF-8 (byte 0xe9 at column 25); save it as UTF-8",
+        ),
+        (b'{"id": 4, "prompt": \n', "invalid JSON (Expecting value at column 21)"),
+    ]:
+        outputs[MODELS[1]].write_bytes(b"".join([*lines[:4], bad, *lines[5:]]))
+        assert lightning_ft(["human-eval", *args]) == 2
+        assert capsys.readouterr().err == f"error: {outputs[MODELS[1]]}:5: {message}\n"
 
 
 def test_a_failure_while_writing_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:

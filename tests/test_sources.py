@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED_DATASETS as SHARED
 
 from lightning_ft.data import sources
-from lightning_ft.data.sources import check_source, fingerprint, read_records
+from lightning_ft.data.sources import check_data_source, fingerprint, read_records
 from lightning_ft.errors import UserError
 
 FLAG = "--data.train_path"
@@ -95,7 +95,7 @@ def test_compressed_parquet(tmp_path):
 
 def test_corrupt_compressed_file(tmp_path):
     path = write(tmp_path / "d.jsonl.gz", gzip.compress(b'{"a": 1}\n')[:-6])
-    assert error(path).startswith(f"{path}: cannot decompress the .gz file (")
+    assert error(path).startswith(f"--data.train_path {path}: cannot decompress the .gz file (")
 
 
 def test_bom_is_removed(tmp_path):
@@ -244,7 +244,7 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch):
     # both libraries read the variables when imported, which may have happened before this test
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    check_source("someorg/no-such-dataset", FLAG)  # shaped like a hub name: accepted without network
+    check_data_source("someorg/no-such-dataset", FLAG)  # shaped like a hub name: accepted without network
     with pytest.raises(UserError) as info:
         read_records("someorg/no-such-dataset", FLAG)
     message = str(info.value)
@@ -292,7 +292,7 @@ def test_fingerprint_of_hub_name_and_split():
     assert fingerprint("org/name", split="test") != fingerprint("org/name")
 
 
-# --- check_source ---
+# --- check_data_source ---
 
 
 def test_check_source_accepts_good_sources_without_reading_them(tmp_path, monkeypatch):
@@ -305,7 +305,7 @@ def test_check_source_accepts_good_sources_without_reading_them(tmp_path, monkey
     monkeypatch.setattr(sources, "_read_file", None)  # calling any reader would fail
     monkeypatch.setattr(Path, "read_bytes", None)
     for source in [str(broken), str(gz), str(tmp_path / "saved"), "imdb", "org/name-2.5", {"neg": str(neg)}]:
-        check_source(source, FLAG)
+        check_data_source(source, FLAG)
 
 
 def test_check_source_rejects_missing_unsupported_and_mislabeled(tmp_path):
@@ -318,10 +318,10 @@ def test_check_source_rejects_missing_unsupported_and_mislabeled(tmp_path):
     }
     for source, expected in cases.items():
         with pytest.raises(UserError, match=rf"^--data\.train_path {source}: .*") as info:
-            check_source(source, FLAG)
+            check_data_source(source, FLAG)
         assert expected in str(info.value)
     with pytest.raises(UserError, match="no such file"):
-        check_source({"pos": str(tmp_path / "missing.pos")}, FLAG)
+        check_data_source({"pos": str(tmp_path / "missing.pos")}, FLAG)
 
 
 # --- the shared real datasets (read in place, never copied) ---

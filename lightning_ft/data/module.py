@@ -32,7 +32,7 @@ from lightning_ft.data.pipeline import (
     build,
 )
 from lightning_ft.data.quality import QualityRules
-from lightning_ft.data.sources import Source, check_source
+from lightning_ft.data.sources import Source, check_data_source
 from lightning_ft.data.splits import SplitSpec
 from lightning_ft.errors import UserError
 from lightning_ft.loading import load_tokenizer
@@ -108,7 +108,7 @@ class FineTuneDataModule(LightningDataModule):
         self.sources = {"train": train_path, "val": val_path, "test": test_path}
         for name, source in self.sources.items():
             if source:
-                check_source(source, f"--data.{name}_path")  # fail before the model loads, not after
+                check_data_source(source, f"--data.{name}_path")  # fail before the model loads, not after
         self.tokenizer_name = tokenizer
         self.labels = labels
         self.num_labels = num_labels

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data.formats import DataFormat, EncodeContext
 from lightning_ft.data.quality import QualityReport, QualityRules, clean, label_distribution, rebalance, remove_leaks
-from lightning_ft.data.sources import Record, Source, fingerprint, read_records
+from lightning_ft.data.sources import NumberedRecord, Source, fingerprint, read_records
 from lightning_ft.data.splits import SplitSpec, carve
 from lightning_ft.errors import UserError
 from lightning_ft.files import staged_folder
@@ -105,7 +105,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((vocabulary + extra).encode()).hexdigest()
 
 
-def read_splits(settings: PipelineSettings) -> dict[str, list[Record]]:
+def read_splits(settings: PipelineSettings) -> dict[str, list[NumberedRecord]]:
     """Records per split, from their own files or carved out of the training file."""
     fmt, sources = settings.format, settings.sources
     field_names = {
@@ -128,8 +128,8 @@ def read_splits(settings: PipelineSettings) -> dict[str, list[Record]]:
 
 
 def apply_quality(
-    records: dict[str, list[Record]], settings: PipelineSettings
-) -> tuple[dict[str, list[Record]], dict[str, QualityReport]]:
+    records: dict[str, list[NumberedRecord]], settings: PipelineSettings
+) -> tuple[dict[str, list[NumberedRecord]], dict[str, QualityReport]]:
     """Clean every split, then remove train records leaked into val/test, then rebalance labels of train."""
     fmt, rules, seed = settings.format, settings.quality, settings.seed
     reports = {name: QualityReport() for name in records}
@@ -166,7 +166,7 @@ def apply_quality(
 
 
 def data_warnings(
-    cleaned: dict[str, list[Record]], quality: dict[str, QualityReport], settings: PipelineSettings
+    cleaned: dict[str, list[NumberedRecord]], quality: dict[str, QualityReport], settings: PipelineSettings
 ) -> list[str]:
     """What a user should know about data that is valid: PII kept in the text, eval labels training never shows."""
     warnings, fmt = [], settings.format
@@ -212,7 +212,7 @@ def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
 
 
 def tokenize(
-    records: dict[str, list[Record]], settings: PipelineSettings, num_proc: int | None
+    records: dict[str, list[NumberedRecord]], settings: PipelineSettings, num_proc: int | None
 ) -> tuple[datasets.DatasetDict, dict[str, dict[str, int]]]:
     """Encode every split with `datasets.map` (several processes for large data); count what the token rules did."""
     fmt, ctx, rules = settings.format, settings.context, settings.tokens

@@ -15,7 +15,7 @@ from typing import Literal
 
 from datasketch import MinHash, MinHashLSH
 
-from lightning_ft.data.sources import Record
+from lightning_ft.data.sources import NumberedRecord
 from lightning_ft.errors import UserError
 
 NUM_PERM = 128
@@ -190,8 +190,8 @@ def _has_text(value) -> bool:
 
 
 def _rewrite(
-    records: list[Record], fields: Sequence[str], fn: Callable[[str], str], rule: str, report: QualityReport
-) -> list[Record]:
+    records: list[NumberedRecord], fields: Sequence[str], fn: Callable[[str], str], rule: str, report: QualityReport
+) -> list[NumberedRecord]:
     """The records with `fn` applied to the strings of their text fields; changed ones are new dicts."""
     out, changed = [], []
     for number, record in records:
@@ -204,8 +204,8 @@ def _rewrite(
 
 
 def _filter(
-    records: list[Record], keep: list[bool], rule: str, report: QualityReport, removed: dict[str, int]
-) -> list[Record]:
+    records: list[NumberedRecord], keep: list[bool], rule: str, report: QualityReport, removed: dict[str, int]
+) -> list[NumberedRecord]:
     report.note(report.dropped, rule, [number for (number, _), kept in zip(records, keep) if not kept])
     removed[rule] = keep.count(False)
     return [record for record, kept in zip(records, keep) if kept]
@@ -215,7 +215,7 @@ def _key(record: dict, fields: Sequence[str], key_fields: Sequence[str]) -> str:
     return json.dumps({name: record.get(name) for name in (*fields, *key_fields)}, sort_keys=True, default=str)
 
 
-def _minhashes(records: list[Record], fields: Sequence[str]) -> list[MinHash]:
+def _minhashes(records: list[NumberedRecord], fields: Sequence[str]) -> list[MinHash]:
     """One MinHash per record, over word 3-grams of its lower-cased text (single words/characters if shorter)."""
     shingle_sets = []
     for _, record in records:
@@ -231,7 +231,7 @@ def _lsh(threshold: float) -> MinHashLSH:
     return MinHashLSH(threshold=0.7 * threshold, num_perm=NUM_PERM)
 
 
-def _first_of_near_duplicates(records: list[Record], fields: Sequence[str], threshold: float) -> list[bool]:
+def _first_of_near_duplicates(records: list[NumberedRecord], fields: Sequence[str], threshold: float) -> list[bool]:
     index, kept, keep = _lsh(threshold), {}, []
     for i, minhash in enumerate(_minhashes(records, fields)):
         duplicate = any(minhash.jaccard(kept[j]) >= threshold for j in index.query(minhash))
@@ -243,8 +243,8 @@ def _first_of_near_duplicates(records: list[Record], fields: Sequence[str], thre
 
 
 def _normalize(
-    records: list[Record], fields: Sequence[str], rules: QualityRules, report: QualityReport
-) -> list[Record]:
+    records: list[NumberedRecord], fields: Sequence[str], rules: QualityRules, report: QualityReport
+) -> list[NumberedRecord]:
     if rules.normalize_unicode:
         records = _rewrite(records, fields, _normalize_unicode, "normalize_unicode", report)
     if rules.normalize_whitespace:
@@ -252,7 +252,9 @@ def _normalize(
     return records
 
 
-def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport, replace: bool) -> list[Record]:
+def _scrub(
+    records: list[NumberedRecord], fields: Sequence[str], report: QualityReport, replace: bool
+) -> list[NumberedRecord]:
     """PII in every text field, counted in `report.pii`; replaced by placeholders only when `replace`."""
     counts: Counter = Counter()
 
@@ -275,7 +277,7 @@ def _scrub(records: list[Record], fields: Sequence[str], report: QualityReport, 
 
 
 def clean(
-    records: list[Record],
+    records: list[NumberedRecord],
     fields: Sequence[str],
     rules: QualityRules,
     report: QualityReport,
@@ -283,7 +285,7 @@ def clean(
     source: str,
     key_fields: Sequence[str] = (),
     required: Sequence[str] | None = None,
-) -> list[Record]:
+) -> list[NumberedRecord]:
     """The records after normalise -> drop_empty -> scrub_pii -> exact_dedup -> near_dedup; counts go to `report`.
 
     `fields` are every text the model sees, `required` those a record must have (default: all of them). A required
@@ -322,14 +324,14 @@ def clean(
 
 
 def remove_leaks(
-    train: list[Record],
-    others: Sequence[list[Record]],
+    train: list[NumberedRecord],
+    others: Sequence[list[NumberedRecord]],
     fields: Sequence[str],
     rules: QualityRules,
     report: QualityReport,
     *,
     key_fields: Sequence[str] = (),
-) -> list[Record]:
+) -> list[NumberedRecord]:
     """The train records that do not equal (after normalisation) or nearly equal a record of the other splits.
 
     A val/test example also seen in training inflates the scores; removals count under dropped["leakage"].
@@ -353,19 +355,21 @@ def remove_leaks(
     return _filter(train, keep, "leakage", report, {})
 
 
-def _label(record: Record, label_field: str) -> str:
+def _label(record: NumberedRecord, label_field: str) -> str:
     number, item = record
     if label_field not in item:
         raise UserError(f"record {number}: no '{label_field}' field, which balancing the labels needs")
     return str(item[label_field])
 
 
-def label_distribution(records: list[Record], label_field: str) -> dict[str, int]:
+def label_distribution(records: list[NumberedRecord], label_field: str) -> dict[str, int]:
     """How many records carry each label (as a string), sorted by label, for the run summary."""
     return dict(sorted(Counter(_label(record, label_field) for record in records).items()))
 
 
-def rebalance(records: list[Record], label_field: str, mode: str, seed: int, report: QualityReport) -> list[Record]:
+def rebalance(
+    records: list[NumberedRecord], label_field: str, mode: str, seed: int, report: QualityReport
+) -> list[NumberedRecord]:
     """The records with every label downsampled to the rarest label's count or upsampled to the commonest's.
 
     A skewed train split teaches the majority label; choices come from random.Random(seed), and the records keep

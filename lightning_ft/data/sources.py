@@ -22,7 +22,7 @@ from typing import Literal
 
 from lightning_ft.errors import UserError
 
-Record = tuple[int, dict]  # (1-based line or row number in the source, the example)
+NumberedRecord = tuple[int, dict]  # (1-based line or row number in the source, the example)
 Source = str | dict[str, str]  # a file, a folder or a hub dataset name; or {label: file}: one label per file
 
 TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -32,6 +32,7 @@ SUPPORTED = (
     "supported: .jsonl, .json, .csv, .tsv, .parquet, .txt, each optionally .gz or .bz2; "
     "a folder saved with datasets' save_to_disk; a hub dataset name"
 )
+FIX_ENCODING = "fix the file or set --data.encoding_errors replace"
 HUB_NAME = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 JSON_TYPES = {
     dict: "object",
@@ -44,7 +45,7 @@ JSON_TYPES = {
 }
 
 
-def check_source(source: Source, flag: str) -> None:
+def check_data_source(source: Source, flag: str) -> None:
     """Cheap early check, before any model loads: every path exists and has a readable type, or the string is
     shaped like a hub dataset name. Reads at most a file's first bytes (its signature), never whole files."""
     for label, name, path in _entries(source, flag):
@@ -65,14 +66,14 @@ def read_records(
     label_field: str = "label",
     text_field: str = "text",
     split: str = "train",
-) -> list[Record]:
+) -> list[NumberedRecord]:
     """All records of the source. `flag` (e.g. "--data.train_path") is used in error messages.
 
     Text-based files are parsed here (not by `datasets`) so that errors can name the file's line.
     """
     if encoding_errors not in ("strict", "replace"):
         raise UserError(f"--data.encoding_errors {encoding_errors}: expected strict or replace")
-    records: list[Record] = []
+    records: list[NumberedRecord] = []
     for label, name, path in _entries(source, flag):
         if path is None:
             part = _read_hub(name, flag, split)
@@ -181,18 +182,12 @@ def _check_folder(path: Path, where: str) -> None:
         )
 
 
-def _read_file(path: Path, name: str, flag: str, in_mapping: bool, errors: str, text_field: str) -> list[Record]:
+def _read_file(
+    path: Path, name: str, flag: str, in_mapping: bool, errors: str, text_field: str
+) -> list[NumberedRecord]:
     """Reads, decompresses and parses one file; the type comes from the suffix before any .gz / .bz2."""
     compression, kind = _file_type(path, _where(flag, name), in_mapping)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{_where(flag, name)}: cannot read ({err.strerror or err})") from err
-    if compression:
-        try:
-            data = DECOMPRESS[compression](data)
-        except (OSError, EOFError, ValueError, zlib.error) as err:
-            raise UserError(f"{name}: cannot decompress the {compression} file ({_first_line(err)})") from err
+    data = _read_bytes(path, _where(flag, name), compression)
     if kind == ".parquet":
         return _parse_parquet(data, name)
     text = _decode(data, name, errors)
@@ -205,7 +200,30 @@ def _read_file(path: Path, name: str, flag: str, in_mapping: bool, errors: str, 
     return _parse_lines(text, name, text_field)
 
 
-def _decode(data: bytes, name: str, errors: str) -> str:
+def read_jsonl(path: Path) -> list[NumberedRecord]:
+    """Every object of a JSON lines file (optionally .gz or .bz2) with its line number, for the files that are not
+    training data (benchmark items, generations to rate); errors name the file and line as for training data."""
+    path = Path(path)
+    data = _read_bytes(path, str(path), path.suffix if path.suffix in DECOMPRESS else None)
+    return _parse_jsonl(_decode(data, str(path), "strict", fix="save it as UTF-8"), str(path))
+
+
+def _read_bytes(path: Path, where: str, compression: str | None) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{where}: cannot read ({err.strerror or err})") from err
+    if not compression:
+        return data
+    try:
+        return DECOMPRESS[compression](data)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise UserError(f"{where}: cannot decompress the {compression} file ({_first_line(err)})") from err
+
+
+def _decode(
+    data: bytes, name: str, errors: str, fix: str = "fix the file or set --data.encoding_errors replace"
+) -> str:
     """UTF-8 text without a leading BOM. Invalid bytes stop the read at their line and column, or with
     errors="replace" become U+FFFD and a warning counts the lines affected: nothing changes silently."""
     data = data.removeprefix(codecs.BOM_UTF8)
@@ -216,8 +234,7 @@ def _decode(data: bytes, name: str, errors: str) -> str:
             line = data.count(b"\n", 0, err.start) + 1
             column = len(data[data.rfind(b"\n", 0, err.start) + 1 : err.start].decode("utf-8")) + 1
             raise UserError(
-                f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
-                f"fix the file or set --data.encoding_errors replace"
+                f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}); {fix}"
             ) from err
     bad = [number for number, line in enumerate(data.split(b"\n"), start=1) if not _is_utf8(line)]
     warnings.warn(
@@ -236,7 +253,7 @@ def _is_utf8(line: bytes) -> bool:
     return True
 
 
-def _parse_jsonl(text: str, name: str) -> list[Record]:
+def _parse_jsonl(text: str, name: str) -> list[NumberedRecord]:
     """One JSON object per line; blank lines are skipped but still counted, so numbers match the editor's."""
     records = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -252,7 +269,7 @@ def _parse_jsonl(text: str, name: str) -> list[Record]:
     return records
 
 
-def _parse_json(text: str, name: str) -> list[Record]:
+def _parse_json(text: str, name: str) -> list[NumberedRecord]:
     """A JSON array of objects; a record's number is its 1-based index in the array (items have no line)."""
     try:
         items = json.loads(text)
@@ -271,7 +288,7 @@ def _json_type(value: object) -> str:
     return JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _parse_csv(text: str, name: str, delimiter: str) -> list[Record]:
+def _parse_csv(text: str, name: str, delimiter: str) -> list[NumberedRecord]:
     """Header row, then one record per row, numbered by the line the row starts on (quoted cells may span lines).
     Strict parsing and equal cell counts: a stray quote or delimiter must not shift values into other fields."""
     reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=delimiter, strict=True)
@@ -305,7 +322,7 @@ def _csv_header(row: list[str], name: str, line: int) -> list[str]:
     return row
 
 
-def _parse_lines(text: str, name: str, text_field: str) -> list[Record]:
+def _parse_lines(text: str, name: str, text_field: str) -> list[NumberedRecord]:
     """One record {text_field: line} per non-blank line, line ending stripped (trailing spaces are data)."""
     records = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -315,7 +332,7 @@ def _parse_lines(text: str, name: str, text_field: str) -> list[Record]:
     return records
 
 
-def _parse_parquet(data: bytes, name: str) -> list[Record]:
+def _parse_parquet(data: bytes, name: str) -> list[NumberedRecord]:
     """Rows in file order, numbered from 1. pyarrow reads the bytes directly (also decompressed .parquet.gz);
     `Dataset.from_parquet` would first copy every new file into the datasets cache."""
     import pyarrow as pa
@@ -328,7 +345,7 @@ def _parse_parquet(data: bytes, name: str) -> list[Record]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def _read_folder(path: Path, name: str, flag: str, split: str) -> list[Record]:
+def _read_folder(path: Path, name: str, flag: str, split: str) -> list[NumberedRecord]:
     """A Dataset or DatasetDict saved with `save_to_disk`; of a DatasetDict, the `split` asked for."""
     import datasets
 
@@ -346,7 +363,7 @@ def _read_folder(path: Path, name: str, flag: str, split: str) -> list[Record]:
     return list(enumerate(data.to_list(), start=1))
 
 
-def _read_hub(name: str, flag: str, split: str) -> list[Record]:
+def _read_hub(name: str, flag: str, split: str) -> list[NumberedRecord]:
     """A dataset from the Hugging Face hub (or the local hub cache when offline)."""
     import datasets
 
@@ -360,7 +377,7 @@ def _read_hub(name: str, flag: str, split: str) -> list[Record]:
     return list(enumerate(data.to_list(), start=1))
 
 
-def _set_label(records: list[Record], label: str, field: str, name: str) -> None:
+def _set_label(records: list[NumberedRecord], label: str, field: str, name: str) -> None:
     """Gives every record of a file its mapping label; a record that already says otherwise is an error."""
     for number, record in records:
         if record.get(field) is not None and record[field] != label:

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 
-from lightning_ft.data.sources import Record
+from lightning_ft.data.sources import NumberedRecord
 from lightning_ft.errors import UserError
 
 FLAG = "--data.split"
@@ -78,7 +78,7 @@ class SplitSpec:
         return self.val_fraction > 0 or self.test_fraction > 0 or self.num_folds is not None
 
 
-def carve(records: list[Record], spec: SplitSpec, seed: int) -> dict[str, list[Record]]:
+def carve(records: list[NumberedRecord], spec: SplitSpec, seed: int) -> dict[str, list[NumberedRecord]]:
     """{"train": [...], "val": [...], "test": [...]} (val/test keys present only when non-empty).
 
     Every record lands in exactly one split. Within each split, records keep their original file order (so line
@@ -121,7 +121,7 @@ def _sizes(n: int, spec: SplitSpec) -> tuple[int, int]:
     return n_test, n_val
 
 
-def _shuffled_order(records: list[Record], stratify_by: str | None, rng: random.Random) -> list[int]:
+def _shuffled_order(records: list[NumberedRecord], stratify_by: str | None, rng: random.Random) -> list[int]:
     """Record indices shuffled; with stratify_by, shuffled within each value and grouped by value (first seen first).
 
     Strata are then contiguous runs, so evenly spaced picks (_spread) and round-robin folds give each its share."""
@@ -157,7 +157,7 @@ def _folds(rest: list[int], spec: SplitSpec) -> tuple[list[int], list[int]]:
     return rest[spec.fold :: k], [i for p, i in enumerate(rest) if p % k != spec.fold]
 
 
-def _time_order(records: list[Record], field: str) -> list[int]:
+def _time_order(records: list[NumberedRecord], field: str) -> list[int]:
     """Record indices oldest first; sorted() is stable, so ties keep file order.
 
     All times must be of one kind: numbers, or dates all with or all without a timezone (else they don't compare)."""

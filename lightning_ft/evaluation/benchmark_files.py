@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import re
 from pathlib import Path
 
+from lightning_ft.data.sources import read_jsonl
 from lightning_ft.errors import UserError
 
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
@@ -27,22 +27,8 @@ def _open_text(path: Path):
 
 
 def _jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; gzip when the name ends in .gz."""
-    rows = []
-    try:
-        with _open_text(path) as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise _malformed(path, number, f"not JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise _malformed(path, number, "not a JSON object")
-                rows.append((number, row))
-    except (OSError, EOFError, UnicodeDecodeError) as err:  # gzip.BadGzipFile is an OSError
-        raise UserError(f"cannot read {path}: {err}") from None
+    """(line number, object) for every non-blank line; at least one."""
+    rows = read_jsonl(path)
     if not rows:
         raise _malformed(path, 1, "no items")
     return rows

@@ -29,7 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lightning_ft.data.sources import read_records
+from lightning_ft.data.sources import read_jsonl, read_records
 from lightning_ft.errors import UserError
 from lightning_ft.evaluation.agreement import (
     CONFIDENCE,
@@ -64,25 +64,14 @@ def _read_outputs(name: str, path: Path) -> dict[str, tuple[int, str, str]]:
     if not path.is_file():
         raise UserError(f"--outputs {name}={path}: no such file")
     rows: dict[str, tuple[int, str, str]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path} line {line_number}: not valid JSON ({err.msg})") from None
-            valid_id = (
-                isinstance(row, dict) and isinstance(row.get("id"), str | int) and not isinstance(row["id"], bool)
-            )
-            if not valid_id or not isinstance(row.get("prompt"), str) or not isinstance(row.get("output"), str):
-                raise UserError(
-                    f"{path} line {line_number}: needs 'id' (string or integer), 'prompt' and 'output' (strings)"
-                )
-            key = str(row["id"])
-            if key in rows:
-                raise UserError(f"{path} line {line_number}: id '{key}' repeats line {rows[key][0]}")
-            rows[key] = (line_number, row["prompt"], row["output"])
+    for line_number, row in read_jsonl(path):
+        valid_id = isinstance(row.get("id"), str | int) and not isinstance(row["id"], bool)
+        if not valid_id or not isinstance(row.get("prompt"), str) or not isinstance(row.get("output"), str):
+            raise UserError(f"{path}:{line_number}: needs 'id' (string or integer), 'prompt' and 'output' (strings)")
+        key = str(row["id"])
+        if key in rows:
+            raise UserError(f"{path}:{line_number}: id '{key}' repeats line {rows[key][0]}")
+        rows[key] = (line_number, row["prompt"], row["output"])
     if not rows:
         raise UserError(f"{path}: no generations")
     return rows
@@ -96,11 +85,10 @@ def _check_same_prompts(generations: dict[str, dict], paths: dict[str, Path]) ->
         path = paths[name]
         for key, (line, prompt, _) in rows.items():
             if key not in reference:
-                raise UserError(f"{path} line {line}: id '{key}' is not in {reference_path}")
+                raise UserError(f"{path}:{line}: id '{key}' is not in {reference_path}")
             if prompt != reference[key][1]:
                 raise UserError(
-                    f"{path} line {line}: id '{key}' has a different prompt than {reference_path} "
-                    f"line {reference[key][0]}"
+                    f"{path}:{line}: id '{key}' has a different prompt than {reference_path} line {reference[key][0]}"
                 )
         for key, (line, _, _) in reference.items():
             if key not in rows:
