@@ -7,7 +7,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import get_scheduler
 
 from lightning_ft.errors import UserError
 
@@ -82,4 +81,6 @@ def build_optimizer(model: nn.Module, optim: Optim) -> torch.optim.Optimizer:
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: Optim, total_steps: int):
     warmup = optim.warmup_steps or int(optim.warmup_ratio * total_steps)
     name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler
+    from transformers import get_scheduler  # here: its module imports peft and bitsandbytes (1.6 s of --help)
+
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

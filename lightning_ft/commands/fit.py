@@ -38,7 +38,7 @@ from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
 from lightning_ft.module import FineTuneModule
 from lightning_ft.precision import fastest_precision
-from lightning_ft.tracking import finish_wandb_runs, prepare_loggers
+from lightning_ft.tracking.loggers import finish_wandb_runs, prepare_loggers
 from lightning_ft.tracking.record import redact
 from lightning_ft.tracking.run_lock import run_dir_lock
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from peft import PeftModel
 from torch import nn
 
 from lightning_ft.errors import UserError
@@ -93,12 +92,18 @@ class Method(ABC):
     def save_adapter(self, model: nn.Module, directory: Path) -> None:
         """Write the trained weights alone, in peft's format (adapter_config.json + adapter_model.safetensors), so
         `PeftModel.from_pretrained(base, directory)` loads them without lightning_ft."""
+        from peft import (
+            PeftModel,  # peft (and bitsandbytes, which it imports) when a method runs, not to parse a config (2 s)
+        )
+
         if not isinstance(model, PeftModel):
             raise UserError(f"{type(self).__name__} has no adapter to save apart from the model")
         model.save_pretrained(directory)
 
     def load_adapter(self, base: nn.Module, directory: Path, task: str) -> nn.Module:
         """The base with what `save_adapter` wrote applied, ready for inference."""
+        from peft import PeftModel
+
         return PeftModel.from_pretrained(base, directory)
 
 

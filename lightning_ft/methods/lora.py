@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from lightning_ft.errors import UserError
@@ -42,7 +41,11 @@ class LoRA(Method):
         if self.r <= 0:
             raise UserError(f"--model.method.r must be positive, got {self.r}")
 
-    def peft_config(self, task: str) -> LoraConfig:
+    def peft_config(self, task: str):
+        from peft import (
+            LoraConfig,  # peft (and bitsandbytes, which it imports) when a method runs, not to parse a config (2 s)
+        )
+
         return LoraConfig(
             task_type=PEFT_TASK_TYPES[task],
             r=self.r,
@@ -55,6 +58,8 @@ class LoRA(Method):
         )
 
     def apply(self, model: nn.Module, task: str) -> nn.Module:
+        from peft import get_peft_model
+
         self._check_targets(model)
         try:
             return get_peft_model(model, self.peft_config(task))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 from lightning_ft.errors import UserError
@@ -38,6 +37,11 @@ class PrefixTuning(Method):
             )
 
     def apply(self, model: nn.Module, task: str) -> nn.Module:
+        from peft import (  # peft (and bitsandbytes, which it imports) when a method runs, not to parse a config (2 s)
+            PrefixTuningConfig,
+            get_peft_model,
+        )
+
         config = PrefixTuningConfig(
             task_type=PEFT_TASK_TYPES[task],
             num_virtual_tokens=self.num_virtual_tokens,

@@ -8,9 +8,6 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from peft import prepare_model_for_kbit_training
-from peft.tuners.lora import LoraLayer
-from peft.utils.integrations import dequantize_bnb_weight
 from torch import nn
 from transformers import BitsAndBytesConfig
 
@@ -104,6 +101,8 @@ class QLoRA(LoRA):
         )
 
     def apply(self, model: nn.Module, task: str) -> nn.Module:
+        from peft import prepare_model_for_kbit_training  # peft when a method runs, not to parse a config
+
         # Casts norms/embeddings to fp32 for stable training and keeps gradient checkpointing as configured.
         model = prepare_model_for_kbit_training(
             model,
@@ -123,6 +122,9 @@ class QLoRA(LoRA):
         peft's own merge re-quantizes the sum to 4 bits (rounding the update away); this keeps it exact, so the
         merged model computes what the trained QLoRA model computed.
         """
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.integrations import dequantize_bnb_weight
+
         dtype = TORCH_DTYPES[self.compute_dtype]
         for parent in list(model.modules()):
             for child_name, layer in list(parent.named_children()):

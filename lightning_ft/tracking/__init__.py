@@ -1,5 +1,2 @@
-"""Run records, loggers fitted to a run dir, comparing runs, sweeps."""
-
-from lightning_ft.tracking.loggers import finish_wandb_runs, prepare_loggers
-
-__all__ = ["finish_wandb_runs", "prepare_loggers"]
+"""Run records, loggers fitted to a run dir, comparing runs, sweeps (import the module you need: `compare` must not
+wait for Lightning to import)."""

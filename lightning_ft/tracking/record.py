@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from lightning_ft.errors import UserError
 from lightning_ft.tracking.process import is_running
 
@@ -52,6 +50,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def hardware(accelerator: str, devices: int, num_nodes: int) -> dict:
+    import torch  # here, not at the top: `lightning-ft compare` reads run records and needs no torch (1 s)
+
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     )
