@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_ft.anatomy import backbone
 from lightning_ft.constants import IGNORE_INDEX, DType, Task
 from lightning_ft.errors import UserError
 from lightning_ft.loading import check_source, load_model, load_tokenizer
-from lightning_ft.loss import backbone, plain_output_head
+from lightning_ft.loss import plain_output_head
 
 FLAG = "--model.distillation"
 

@@ -5,7 +5,6 @@ from lightning_ft.distributed.sharding import (
     FSDP2Strategy,
     TransformerBlocks,
     shard_transformer_blocks,
-    transformer_block_names,
 )
 
 __all__ = [
@@ -13,5 +12,4 @@ __all__ = [
     "FSDP2Strategy",
     "TransformerBlocks",
     "shard_transformer_blocks",
-    "transformer_block_names",
 ]
