@@ -18,7 +18,7 @@ from lightning_ft.anatomy import backbone, transformer_blocks
 from lightning_ft.checkpoints import check_checkpoint
 from lightning_ft.constants import DType, Task
 from lightning_ft.distillation import Distillation, DistillationTerms, distillation_loss, label_logits, load_teacher
-from lightning_ft.distributed import shard_transformer_blocks
+from lightning_ft.distributed import all_gather_objects, shard_transformer_blocks
 from lightning_ft.errors import UserError
 from lightning_ft.loading import check_source, load_model, load_tokenizer
 from lightning_ft.loss import head_cross_entropy, plain_cross_entropy, plain_output_head
@@ -357,11 +357,7 @@ def rng_states() -> dict:
 def gather_rng_states() -> list[dict]:
     """Every process's RNG states, by rank: each draws its own dropout masks. Checkpoints are saved by all processes
     together (Lightning's rule), so the gather cannot hang."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [rng_states()]
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, rng_states())
-    return gathered
+    return all_gather_objects(rng_states())
 
 
 def set_rng_states(states: dict) -> None:

@@ -1,5 +1,6 @@
 """Helpers for Lightning's distributed strategies (which modules to shard) and SLURM jobs (slurm.py)."""
 
+from lightning_ft.distributed.gather import all_gather_objects
 from lightning_ft.distributed.sharding import (
     DeepSpeedStrategy,
     FSDP2Strategy,
@@ -11,5 +12,6 @@ __all__ = [
     "DeepSpeedStrategy",
     "FSDP2Strategy",
     "TransformerBlocks",
+    "all_gather_objects",
     "shard_transformer_blocks",
 ]
