@@ -20,7 +20,7 @@ from fsspec.utils import get_protocol
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, first_line
 from lightning_ft.files import remove_partial_files, write_atomically
 
 # DeepSpeed pickles two plain-data classes of its own into its optimizer state files (and reads them back itself).
@@ -47,20 +47,19 @@ def load_checkpoint_file(path: Path, map_location="cpu", mmap: bool = False) -> 
         try:
             names = ", ".join(unsafe_globals(path)) or "code"
         except Exception:  # noqa: BLE001 - the file is not even a readable archive: say what torch.load said
-            raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+            raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({gist(err)})") from None
         raise UnreadableCheckpoint(
             f"{path}: refused: unpickling it would run {names}; checkpoints are loaded as tensors and plain data "
             "only (torch.load weights_only=True), and lightning_ft never writes anything else into them"
         ) from None
     except Exception as err:  # noqa: BLE001 - torch reports a torn zip archive as RuntimeError, EOFError, ...
-        raise UnreadableCheckpoint(
-            f"{path}: not a readable checkpoint, cut short or corrupt ({first_line(err)})"
-        ) from None
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint, cut short or corrupt ({gist(err)})") from None
 
 
-def first_line(err: BaseException) -> str:
-    """The gist of an error: torch follows "failed finding central directory" with four sentences of advice."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+def gist(err: BaseException) -> str:
+    """The first sentence of an error's first line: torch follows "failed finding central directory" with four
+    sentences of advice."""
+    return first_line(err).split(". ")[0]
 
 
 # What a torch.distributed.checkpoint `.metadata` pickle may name: its index dataclasses and the torch types they hold.
@@ -108,7 +107,7 @@ def restricted_load(path: Path):
     except pickle.UnpicklingError as err:
         raise UnreadableCheckpoint(f"{path}: refused: {err}") from None
     except Exception as err:  # noqa: BLE001 - a torn or foreign pickle: one line either way
-        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({gist(err)})") from None
 
 
 def check_torch_archive(path: Path, source=None) -> None:
@@ -117,7 +116,7 @@ def check_torch_archive(path: Path, source=None) -> None:
     try:
         names = [name for name in unsafe_globals(source or path) if name not in DEEPSPEED_GLOBALS]
     except Exception as err:  # noqa: BLE001
-        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint ({gist(err)})") from None
     if names:
         raise UnreadableCheckpoint(f"{path}: refused: unpickling it would run {', '.join(names)}")
 
@@ -163,7 +162,7 @@ def check_distcp_items(metadata_path: Path, metadata) -> None:
                 handle.seek(info.offset)
                 item = io.BytesIO(handle.read(info.length))
         except OSError as err:
-            raise UnreadableCheckpoint(f"{shard}: not a readable checkpoint ({first_line(err)})") from None
+            raise UnreadableCheckpoint(f"{shard}: not a readable checkpoint ({gist(err)})") from None
         check_torch_archive(shard, item)
 
 

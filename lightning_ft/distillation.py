@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_ft.anatomy import backbone
 from lightning_ft.constants import IGNORE_INDEX, DType, Task
-from lightning_ft.errors import UserError
-from lightning_ft.loading import check_source, load_model, load_tokenizer
-from lightning_ft.loss import backbone, plain_output_head
+from lightning_ft.errors import UserError, first_line
+from lightning_ft.loading import check_model_source, load_model, load_tokenizer
+from lightning_ft.loss import plain_output_head
 
 FLAG = "--model.distillation"
 
@@ -47,7 +48,7 @@ class Distillation:
         """Reject bad settings (the module calls this: an error raised while jsonargparse builds the dataclass of
         an optional argument would reach the user as its multi-line report of the union's types)."""
         try:
-            check_source(self.teacher)
+            check_model_source(self.teacher)
         except UserError:
             raise UserError(f"{FLAG}.teacher: no such directory: {self.teacher}") from None
         if not (0.0 < self.temperature < float("inf")):
@@ -125,7 +126,7 @@ def load_teacher(
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(settings.teacher), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"{where}: cannot read its config: {str(err).strip().splitlines()[0]}") from err
+        raise UserError(f"{where}: cannot read its config: {first_line(err)}") from err
     if task == "causal_lm":
         # Vocabularies padded to a round size (Qwen2.5 7B: 152064, 0.5B: 151936) differ only past the tokenizer.
         widths = config.get_text_config().vocab_size, student.config.get_text_config().vocab_size

@@ -18,6 +18,12 @@ class UserError(Exception):
         UserError.latest = " ".join(str(message).split())
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (libraries follow it with pages of detail), or its type's name when
+    it has no message."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def find_cause(err: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:
     """The first exception in `err`'s chain of causes (itself first) that is `wanted`: libraries re-raise ours, and
     turn an OSError into their own error, with the original as its cause."""

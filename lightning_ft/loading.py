@@ -14,12 +14,12 @@ from transformers import (
 )
 
 from lightning_ft.constants import DType, Task
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, first_line
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_source(name_or_path: str) -> None:
+def check_model_source(name_or_path: str) -> None:
     """Fail early on a local path that does not exist.
 
     Anything shaped like a path (absolute, relative, ~, or not exactly `org/name`) must be a directory here;
@@ -33,12 +33,11 @@ def check_source(name_or_path: str) -> None:
 
 
 def _from_pretrained(loader, name_or_path: str, **kwargs):
-    check_source(name_or_path)
+    check_model_source(name_or_path)
     try:
         return loader.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
     except OSError as err:  # missing files, unreachable hub, offline mode
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load '{name_or_path}': {first_line}") from err
+        raise UserError(f"cannot load '{name_or_path}': {first_line(err)}") from err
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise

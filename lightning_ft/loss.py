@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ft.anatomy import output_head
 from lightning_ft.constants import IGNORE_INDEX
 
 CHUNK_ROWS = 1024  # label positions per chunk: 1024 x 128k vocab x fp32 = 512 MiB at most, usually far less
@@ -36,7 +37,7 @@ def plain_output_head(model: nn.Module) -> nn.Linear | None:
     softcapping, or weights that a sharded strategy gathers only inside the model's forward (FSDP2's DTensors,
     DeepSpeed ZeRO-3's partitioned parameters).
     """
-    head = model.get_output_embeddings()
+    head = output_head(model)
     if type(head) is not nn.Linear or head.bias is not None or head._forward_hooks or head._forward_pre_hooks:
         return None
     if type(head.weight) is not nn.Parameter or hasattr(head.weight, "ds_id"):
@@ -45,12 +46,6 @@ def plain_output_head(model: nn.Module) -> nn.Linear | None:
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
         return None
     return head
-
-
-def backbone(model: nn.Module) -> nn.Module:
-    """The transformer under the head (LlamaModel in LlamaForCausalLM), adapters injected in place included."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, base.base_model_prefix)
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

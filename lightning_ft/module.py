@@ -14,13 +14,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_ft.anatomy import backbone, transformer_blocks
 from lightning_ft.checkpoints import check_checkpoint
 from lightning_ft.constants import DType, Task
 from lightning_ft.distillation import Distillation, DistillationTerms, distillation_loss, label_logits, load_teacher
-from lightning_ft.distributed import shard_transformer_blocks, transformer_block_names
+from lightning_ft.distributed import all_gather_objects, shard_transformer_blocks
 from lightning_ft.errors import UserError
-from lightning_ft.loading import check_source, load_model, load_tokenizer
-from lightning_ft.loss import backbone, head_cross_entropy, plain_cross_entropy, plain_output_head
+from lightning_ft.loading import check_model_source, load_model, load_tokenizer
+from lightning_ft.loss import head_cross_entropy, plain_cross_entropy, plain_output_head
 from lightning_ft.methods import Full, Method, count_parameters
 from lightning_ft.optim import Optim, build_optimizer, build_scheduler
 
@@ -61,7 +62,7 @@ class FineTuneModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_source(model_name_or_path)
+        check_model_source(model_name_or_path)
         self.method = method or Full()
         self.method.check(gradient_checkpointing=gradient_checkpointing)
         if compile and not torch.cuda.is_available() and not c_compiler():
@@ -119,10 +120,8 @@ class FineTuneModule(LightningModule):
         if self.device_mesh is not None:  # ModelParallelStrategy (FSDP2): shard along its data-parallel dimension
             shard_transformer_blocks(self.model, self.device_mesh["data_parallel"])
         if h.compile:
-            blocks = transformer_block_names(self.model)
-            for module in self.model.modules():
-                if type(module).__name__ in blocks:
-                    module.compile()
+            for _, block in transformer_blocks(self.model):
+                block.compile()
         if self.distillation is not None:
             teacher = load_teacher(
                 self.distillation,
@@ -358,11 +357,7 @@ def rng_states() -> dict:
 def gather_rng_states() -> list[dict]:
     """Every process's RNG states, by rank: each draws its own dropout masks. Checkpoints are saved by all processes
     together (Lightning's rule), so the gather cannot hang."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [rng_states()]
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, rng_states())
-    return gathered
+    return all_gather_objects(rng_states())
 
 
 def set_rng_states(states: dict) -> None:

@@ -10,7 +10,6 @@ and BERT-family attention (self.query/key/value + output.dense) and MLP (interme
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 from transformers.pytorch_utils import prune_linear_layer
 
-from lightning_ft.distributed import transformer_block_names
+from lightning_ft.anatomy import attention_sublayers, block_linears, mlp_sublayers
 from lightning_ft.errors import UserError
 
 Kind = Literal["unstructured", "heads", "neurons"]
@@ -40,16 +39,6 @@ def check_request(kind: str, amount: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ unstructured
-
-
-def block_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
-    """(name, layer) of every Linear layer inside a transformer block (the model's `_no_split_modules`)."""
-    blocks = transformer_block_names(model)
-    for block_name, block in model.named_modules():
-        if type(block).__name__ in blocks:
-            for name, module in block.named_modules():
-                if isinstance(module, nn.Linear):
-                    yield f"{block_name}.{name}", module
 
 
 def prune_unstructured(model: nn.Module, amount: float) -> None:
@@ -91,7 +80,7 @@ def units_to_remove(model: nn.Module, kind: Kind, amount: float) -> int:
     return count
 
 
-def weakest(scores: torch.Tensor, count: int) -> torch.Tensor:
+def all_but_weakest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Sorted indices of the units to keep: all but the `count` with the smallest scores."""
     keep = torch.topk(scores, len(scores) - count).indices
     return keep.sort().values
@@ -118,19 +107,18 @@ def squared_norms(weight: torch.Tensor, units: int, dim: int) -> torch.Tensor:
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(layout, module) of every self-attention: "llama" (q/k/v/o_proj) or "bert" (self.query/key/value +
-    output.dense)."""
-    found = []
-    for module in model.modules():
-        if all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            found.append(("llama", module))
-        elif hasattr(getattr(module, "self", None), "query") and hasattr(getattr(module, "output", None), "dense"):
-            found.append(("bert", module))
+    """(layout, module) of every self-attention (anatomy.py's layouts: "llama" or "bert"), or one clear error."""
+    return known(
+        attention_sublayers(model),
+        f"{type(model).__name__}: --kind heads knows Llama-style (q_proj/k_proj/v_proj/o_proj) and BERT-style "
+        "attention; use --kind unstructured",
+    )
+
+
+def known(found: list, refusal: str) -> list:
+    """`found`, or a UserError saying `refusal` when the model has no layout pruning knows."""
     if not found:
-        raise UserError(
-            f"{type(model).__name__}: --kind heads knows Llama-style (q_proj/k_proj/v_proj/o_proj) and BERT-style "
-            "attention; use --kind unstructured"
-        )
+        raise UserError(refusal)
     return found
 
 
@@ -151,7 +139,7 @@ def prune_heads(model: nn.Module, amount: float) -> None:
             q, k, v, o = attention.self.query, attention.self.key, attention.self.value, attention.output.dense
         scores = squared_norms(k.weight, kv_heads, 0) + squared_norms(v.weight, kv_heads, 0)
         scores += (squared_norms(q.weight, heads, 0) + squared_norms(o.weight, heads, 1)).view(kv_heads, group).sum(1)
-        keep_kv = weakest(scores.sqrt(), remove)
+        keep_kv = all_but_weakest(scores.sqrt(), remove)
         keep_q = unit_rows(group, keep_kv)  # the query heads of the kept groups
         q_rows, kv_rows = unit_rows(head_dim, keep_q), unit_rows(head_dim, keep_kv)
         if layout == "llama":
@@ -189,21 +177,11 @@ def head_count_reloads(model: nn.Module) -> bool:
 
 def mlp_modules(model: nn.Module) -> list[tuple[nn.Module, list[str], nn.Module, str]]:
     """(parent of the input projections, their names, parent of the output projection, its name) per block."""
-    found = []
-    for module in model.modules():
-        if hasattr(module, "up_proj") and hasattr(module, "down_proj"):  # Llama family; gate_proj when gated
-            inputs = [name for name in ("gate_proj", "up_proj") if hasattr(module, name)]
-            found.append((module, inputs, module, "down_proj"))
-        elif hasattr(getattr(module, "intermediate", None), "dense") and hasattr(
-            getattr(module, "output", None), "dense"
-        ):
-            found.append((module.intermediate, ["dense"], module.output, "dense"))  # BERT family
-    if not found:
-        raise UserError(
-            f"{type(model).__name__}: --kind neurons knows Llama-style (gate/up/down_proj) and BERT-style "
-            "(intermediate.dense + output.dense) MLPs; use --kind unstructured"
-        )
-    return found
+    return known(
+        mlp_sublayers(model),
+        f"{type(model).__name__}: --kind neurons knows Llama-style (gate/up/down_proj) and BERT-style "
+        "(intermediate.dense + output.dense) MLPs; use --kind unstructured",
+    )
 
 
 def prune_neurons(model: nn.Module, amount: float) -> None:
@@ -217,7 +195,7 @@ def prune_neurons(model: nn.Module, amount: float) -> None:
         scores = squared_norms(getattr(out_parent, out_name).weight, size, 1)
         for name in in_names:
             scores += squared_norms(getattr(in_parent, name).weight, size, 0)
-        keep = weakest(scores.sqrt(), remove)
+        keep = all_but_weakest(scores.sqrt(), remove)
         for name in in_names:
             shrink(in_parent, name, keep, 0)
         shrink(out_parent, out_name, keep, 1)

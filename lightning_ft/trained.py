@@ -13,7 +13,7 @@ from pathlib import Path
 from lightning_ft.checkpoints import load_checkpoint_file
 from lightning_ft.constants import DType
 from lightning_ft.errors import UserError
-from lightning_ft.loading import check_source, load_model, load_tokenizer
+from lightning_ft.loading import check_model_source, load_model, load_tokenizer
 from lightning_ft.module import FineTuneModule
 
 
@@ -29,7 +29,7 @@ def load_trained(checkpoint: str | Path, base: str | None = None, **overrides) -
         raise UserError(f"{path}: not a lightning-ft checkpoint (no model_name_or_path in its hyperparameters)")
     source = base or settings["model_name_or_path"]
     try:
-        check_source(source)
+        check_model_source(source)
     except UserError:
         flag = "--base" if base else "the checkpoint's base model"
         raise UserError(f"{flag} {source}: no such directory (moved? pass --base DIR)") from None

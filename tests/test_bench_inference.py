@@ -13,7 +13,8 @@ import torch
 
 from lightning_ft.commands.bench_inference import main
 from lightning_ft.errors import UserError
-from lightning_ft.evaluation.inference import latency_summary, left_padded, measure, quantize_int8, random_prompts
+from lightning_ft.evaluation.inference import latency_summary, measure, quantize_int8, random_prompts
+from lightning_ft.prompts import left_padded
 from lightning_ft.trained import load_causal_lm
 
 
@@ -98,9 +99,11 @@ def test_exactly_new_tokens_even_when_the_model_would_stop(tiny_model):
     assert [r["new_tokens_per_row"] for r in results] == [[4], [4]]
 
 
-def test_left_padding_puts_prompts_at_the_end():
-    batch = left_padded([torch.tensor([7, 8, 9]), torch.tensor([5])], pad_id=0, device="cpu")
-    assert batch["input_ids"].tolist() == [[7, 8, 9], [0, 0, 5]]
+@pytest.mark.parametrize("as_tensors", [True, False])  # bench-inference's prompts, GenerationMetrics' id lists
+def test_left_padding_puts_prompts_at_the_end(as_tensors):
+    prompts = [[7, 8, 9], [5]]
+    batch = left_padded([torch.tensor(p) for p in prompts] if as_tensors else prompts, pad_id=2, device="cpu")
+    assert batch["input_ids"].tolist() == [[7, 8, 9], [2, 2, 5]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 

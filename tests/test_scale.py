@@ -17,6 +17,7 @@ from conftest import ROOT, WORDS, run_in_processes, write_jsonl
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.strategies import Strategy
 
+from lightning_ft.distributed import all_gather_objects
 from lightning_ft.distributed.presets import fit_method_to_strategy
 from lightning_ft.errors import UserError
 
@@ -28,6 +29,12 @@ def varied_rows(n: int) -> list[dict]:
 
 
 STEP_GRADIENTS = ROOT / "tests/scripts/step_gradients.py"
+
+
+def test_all_gather_objects_returns_every_processs_object_by_rank(tmp_path):
+    """The one object gather (RNG states in checkpoints, StepGuard's example ids): alone, and over two processes."""
+    assert all_gather_objects({"ids": [3]}) == [{"ids": [3]}]
+    run_in_processes(ROOT / "tests/scripts/gather_objects.py", tmp_path / "store")
 
 
 def load_script(path: Path):

@@ -11,6 +11,8 @@ from sacrebleu.metrics import BLEU
 from torchmetrics import MeanMetric
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
+from lightning_ft.prompts import left_padded
+
 
 class GenerationMetrics(Callback):
     """Every validation (or every N training steps), generate answers to held-out prompts and score them.
@@ -120,17 +122,11 @@ def sacrebleu_score(metric: SacreBLEUScore) -> float:
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
     """Greedy continuations of tokenized prompts (left-padded: each continues from its last token), decoded."""
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
+    batch = left_padded(prompts, tokenizer.pad_token_id, model.device)
     output = model.generate(
-        input_ids=input_ids.to(model.device),
-        attention_mask=attention_mask.to(model.device),
+        **batch,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_ft.callbacks.preemption import save_now
+from lightning_ft.distributed import all_gather_objects
 from lightning_ft.errors import UserError
 
 
@@ -95,10 +96,7 @@ class StepGuard(Callback):
     def _examples(self, trainer: Trainer) -> str:
         """The step's examples on every process, by source line (gathered: the bad one may be another's)."""
         ids = [i for part in self._example_ids for i in part.tolist()]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, ids)
-            ids = [i for part in gathered for i in part]
+        ids = [i for part in all_gather_objects(ids) for i in part]
         describe = getattr(trainer.datamodule, "describe_examples", None)
         return describe(sorted(set(ids))) if describe else f"example ids {sorted(set(ids))}"
 

@@ -18,7 +18,7 @@ import os
 import sys
 
 from lightning_ft.console import quiet_known_noise
-from lightning_ft.errors import UserError, find_cause
+from lightning_ft.errors import UserError, find_cause, first_line
 
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -118,7 +118,7 @@ def run(name: str, argv: list[str], debug: bool) -> int:
 
         if not is_out_of_memory(err):
             raise
-        advice = (getattr(err, "__notes__", None) or [f"out of memory: {str(err).splitlines()[0]}"])[-1]
+        advice = (getattr(err, "__notes__", None) or [f"out of memory: {first_line(err)}"])[-1]
         print(f"error: {advice}", file=sys.stderr)
         return 1
     return 0

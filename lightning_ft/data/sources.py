@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, first_line
 
 NumberedRecord = tuple[int, dict]  # (1-based line or row number in the source, the example)
 Source = str | dict[str, str]  # a file, a folder or a hub dataset name; or {label: file}: one label per file
@@ -218,7 +218,7 @@ def _read_bytes(path: Path, where: str, compression: str | None) -> bytes:
     try:
         return DECOMPRESS[compression](data)
     except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise UserError(f"{where}: cannot decompress the {compression} file ({_first_line(err)})") from err
+        raise UserError(f"{where}: cannot decompress the {compression} file ({first_line(err)})") from err
 
 
 def _decode(
@@ -341,7 +341,7 @@ def _parse_parquet(data: bytes, name: str) -> list[NumberedRecord]:
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"{name}: not a readable parquet file ({_first_line(err)})") from err
+        raise UserError(f"{name}: not a readable parquet file ({first_line(err)})") from err
     return list(enumerate(table.to_pylist(), start=1))
 
 
@@ -353,7 +353,7 @@ def _read_folder(path: Path, name: str, flag: str, split: str) -> list[NumberedR
     try:
         data = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as err:
-        raise UserError(f"{_where(flag, name)}: cannot load the saved dataset ({_first_line(err)})") from err
+        raise UserError(f"{_where(flag, name)}: cannot load the saved dataset ({first_line(err)})") from err
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
             raise UserError(
@@ -372,7 +372,7 @@ def _read_hub(name: str, flag: str, split: str) -> list[NumberedRecord]:
     except Exception as err:  # offline, unreachable, not found, gated, no such split: all end the same way
         raise UserError(
             f"{_where(flag, name)}: not a local file or folder, and the hub dataset could not be loaded "
-            f"({_first_line(err)}); offline, point to a local file"
+            f"({first_line(err)}); offline, point to a local file"
         ) from err
     return list(enumerate(data.to_list(), start=1))
 
@@ -405,8 +405,3 @@ def _hash_file(digest, path: Path) -> None:
 
 def _where(flag: str, name: str) -> str:
     return f"{flag} {name}" if flag else name
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__

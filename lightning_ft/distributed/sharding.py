@@ -1,8 +1,8 @@
 """Sharding units for FSDP (auto-wrap policy) and FSDP2 (`fully_shard`): one unit per transformer block; the FSDP2
 strategy that saves only trained weights; sharded checkpoints written so that a kill mid-save tears nothing.
 
-Hugging Face models name their blocks in `_no_split_modules` (LlamaDecoderLayer, BertLayer, ...), so the same
-code shards any architecture without a per-model list.
+Which modules are the blocks is anatomy.py's knowledge (the model's own `_no_split_modules`), so the same code
+shards any architecture without a per-model list.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeed
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from lightning_ft.anatomy import block_class_names, transformer_blocks
 from lightning_ft.files import PARTIAL_SUFFIX, remove_path, replace_folder
-
-
-def transformer_block_names(model: nn.Module) -> set[str]:
-    """Class names of the transformer blocks of every Hugging Face model inside `model`."""
-    return {name for module in model.modules() for name in (getattr(module, "_no_split_modules", None) or ())}
 
 
 class TransformerBlocks:
@@ -34,7 +30,7 @@ class TransformerBlocks:
 
     def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
         if self.names is None:
-            self.names = transformer_block_names(module)
+            self.names = block_class_names(module)
         return recurse or type(module).__name__ in self.names
 
 
@@ -42,10 +38,8 @@ def shard_transformer_blocks(model: nn.Module, mesh) -> None:
     """FSDP2: `fully_shard` each transformer block, then the whole model (embeddings, head, adapters outside)."""
     from torch.distributed.fsdp import fully_shard
 
-    names = transformer_block_names(model)
-    for module in model.modules():
-        if type(module).__name__ in names:
-            fully_shard(module, mesh=mesh)
+    for _, block in list(transformer_blocks(model)):  # listed first: fully_shard changes each block's class
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
 
 

@@ -29,6 +29,7 @@ from lightning_ft.constants import DType
 from lightning_ft.errors import UserError
 from lightning_ft.files import output_file
 from lightning_ft.loading import TORCH_DTYPES
+from lightning_ft.prompts import left_padded
 from lightning_ft.trained import load_causal_lm
 
 PERCENTILES = (50, 95, 99)
@@ -76,17 +77,6 @@ def file_prompts(tokenizer, path: Path, rows: int, max_tokens: int | None) -> li
     ids = [torch.tensor(tokenizer(text)["input_ids"]) for text in texts]
     ids = [row[-max_tokens:] if max_tokens else row for row in ids]
     return [ids[i % len(ids)] for i in range(rows)]
-
-
-def left_padded(prompts: list[torch.Tensor], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    """A batch padded on the left, so that every row's last prompt token sits where generation starts."""
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = prompt
-        attention_mask[row, width - len(prompt) :] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
 # ---------------------------------------------------------------------------------------------- measuring

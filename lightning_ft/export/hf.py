@@ -78,7 +78,7 @@ def import_method(class_path: str) -> type[Method] | None:
     return cls if isinstance(cls, type) and issubclass(cls, Method) else None
 
 
-def read_record(directory: Path) -> dict:
+def read_export_record(directory: Path) -> dict:
     path = Path(directory) / EXPORT_RECORD
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -92,7 +92,7 @@ def load_exported(directory: str | Path, base: str | None = None) -> nn.Module:
     """A model `lightning-ft export` wrote, ready for inference: merged ones through plain transformers, adapters
     on their base model (`base`, else the one the export names) through the method that trained them."""
     directory = Path(directory).expanduser()
-    record = read_record(directory)
+    record = read_export_record(directory)
     task = record["task"]
     if record["format"] == "merged":
         return AUTO_CLASSES[task].from_pretrained(directory).eval()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, first_line
 from lightning_ft.export.check import TOLERANCE, compare
 
 ONNX_FILE = "model.onnx"
@@ -65,8 +65,7 @@ def write_onnx(model: nn.Module, task: str, directory: Path, probe: dict[str, to
                 verbose=False,
             )
     except Exception as err:  # torch.export's reasons run long; the first line names the construct
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"--format onnx: this model does not trace to ONNX ({first})") from err
+        raise UserError(f"--format onnx: this model does not trace to ONNX ({first_line(err)})") from err
 
 
 @contextlib.contextmanager

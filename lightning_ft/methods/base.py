@@ -16,10 +16,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from lightning_ft.anatomy import classifier_heads
 from lightning_ft.errors import UserError
-
-# Heads that transformers' sequence classifiers create fresh; they must train with every method.
-CLASSIFIER_HEADS = ("classifier", "score")
 
 
 class Method(ABC):
@@ -108,10 +106,10 @@ class Method(ABC):
 
 
 def unfreeze_classifier_head(model: nn.Module) -> None:
-    """Make the freshly initialised classification head trainable (it has no pretrained weights)."""
-    for name, module in model.named_modules():
-        if name.split(".")[-1] in CLASSIFIER_HEADS:
-            module.requires_grad_(True)
+    """Make the freshly initialised classification head trainable (it has no pretrained weights): it must train
+    with every method."""
+    for head in classifier_heads(model):
+        head.requires_grad_(True)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -124,13 +122,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct last name parts of the Linear-like layers, to tell users what `target_modules` can name."""
-    names = {
-        name.split(".")[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D")
-    }
-    return sorted(names)

@@ -14,20 +14,10 @@ from typing import Literal
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lightning_ft.anatomy import ATTENTION_OUTPUTS, MLP_OUTPUTS, linear_module_names, sublayer_outputs
 from lightning_ft.errors import UserError
-from lightning_ft.methods.base import Method, linear_module_names, unfreeze_classifier_head
+from lightning_ft.methods.base import Method, unfreeze_classifier_head
 
-# Output projections of the attention and MLP sublayers in common architectures (Llama/Mistral/Qwen, BERT,
-# GPT-2, OPT/BART, Falcon/Bloom, GPT-NeoX). A name matches if it ends with one of these.
-ATTENTION_OUTPUTS = (
-    "self_attn.o_proj",
-    "attention.output.dense",
-    "attn.c_proj",
-    "self_attn.out_proj",
-    "self_attention.dense",
-    "attention.dense",
-)
-MLP_OUTPUTS = ("mlp.down_proj", "output.dense", "mlp.c_proj", "fc2", "mlp.dense_4h_to_h")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name; the settings travel in lightning_ft's export record
 
@@ -53,10 +43,6 @@ class Adapter(nn.Module):
 
 def _run_adapter(module: nn.Module, args, output):
     return module.adapter(output)
-
-
-def _matches(name: str, suffixes) -> bool:
-    return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
 @dataclass
@@ -93,12 +79,8 @@ class BottleneckAdapter(Method):
     def target_names(self, model: nn.Module) -> list[str]:
         attention = tuple(self.attention_modules or ATTENTION_OUTPUTS)
         mlp = tuple(self.mlp_modules or MLP_OUTPUTS)
-        targets = []
-        for name, _ in model.named_modules():
-            is_attention = _matches(name, attention)
-            is_mlp = _matches(name, mlp) and not is_attention  # BERT's attention.output.dense ends in output.dense
-            if (is_attention and self.placement != "mlp") or (is_mlp and self.placement != "attention"):
-                targets.append(name)
+        found = sublayer_outputs(model, attention, mlp)
+        targets = [name for name, kind in found if self.placement in (kind, "both")]
         if not targets:
             raise UserError(
                 f"BottleneckAdapter found no {self.placement} output projection; name them with "

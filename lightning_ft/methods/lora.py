@@ -7,8 +7,9 @@ from typing import Literal
 
 from torch import nn
 
+from lightning_ft.anatomy import linear_module_names
 from lightning_ft.errors import UserError
-from lightning_ft.methods.base import Method, linear_module_names
+from lightning_ft.methods.base import Method
 
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, first_line
 from lightning_ft.tracking.record import UnreadableRecord, current_status, died_at, read_run_record
 
 # Keys that differ between any two runs without saying anything about them.
@@ -336,7 +336,7 @@ def load_wandb_project(path: str) -> list[Run]:
     try:
         api_runs = list(wandb.Api(timeout=30).runs(path))
     except Exception as err:  # noqa: BLE001 - network, authentication or a wrong path: one line either way
-        raise UserError(f"--wandb {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise UserError(f"--wandb {path}: {first_line(err)}") from None
     runs = []
     for api_run in api_runs:
         summary = {k: v for k, v in api_run.summary.items() if isinstance(v, int | float)}

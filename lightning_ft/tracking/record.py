@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from lightning_ft.errors import UserError
+from lightning_ft.errors import UserError, first_line
 from lightning_ft.tracking.process import is_running
 
 RECORD_FILE = "run.json"
@@ -101,7 +101,7 @@ def read_run_record(run_dir: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:  # ValueError: malformed JSON or bytes that are no UTF-8
-        raise UnreadableRecord(f"{path}: not a readable run record ({str(err).splitlines()[0]})") from None
+        raise UnreadableRecord(f"{path}: not a readable run record ({first_line(err)})") from None
     if not isinstance(record, dict):
         raise UnreadableRecord(f"{path}: not a readable run record (a JSON {type(record).__name__}, not an object)")
     return record
