@@ -7,12 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
 import torch
-from conftest import ROOT, write_jsonl
+from conftest import ROOT
 
 from lightning_ft.checkpoints import newest_checkpoint
 from lightning_ft.commands import PREEMPTED_EXIT_STATUS
@@ -112,40 +110,3 @@ def test_a_resumed_run_continues_its_wandb_run(cli, fit_args, tmp_path, monkeypa
     # One dir per start (or one, if both started within a second), all for the same run id: a new id would be a new run.
     ids = {path.name.rsplit("-", 1)[1] for path in (run / "wandb").glob("offline-run-*")}
     assert ids == {run_id}
-
-
-# Ctrl-C raises KeyboardInterrupt even where this test runs as a background job (which inherits SIGINT ignored).
-AS_IN_A_TERMINAL = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from lightning_ft.commands import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
-def process_group(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def test_ctrl_c_while_several_processes_tokenize_stops_at_once_in_one_line(tiny_model, tmp_path):
-    """A terminal's Ctrl-C signals the whole process group: this process and the tokenizer processes."""
-    rows = [{"instruction": f"Task {i}: " + "say the word alpha " * 8, "output": "alpha " * 12} for i in range(20_000)]
-    train = write_jsonl(tmp_path / "train.jsonl", rows)
-    flags = ["--model.model_name_or_path", str(tiny_model), "--data.train_path", str(train), "--data.num_proc", "2"]
-    stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as err:
-        done = subprocess.Popen(
-            [sys.executable, "-c", AS_IN_A_TERMINAL, "data", *flags, "--data.cache_dir", str(tmp_path / "cache")],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,  # its own process group, as a terminal's foreground job
-        )
-        while "tokenizing train" not in stderr.read_text() and done.poll() is None:
-            time.sleep(0.1)
-        os.killpg(done.pid, signal.SIGINT)
-        status = done.wait(timeout=60)
-    left = [pid for pid in psutil.pids() if process_group(pid) == done.pid]
-    output = stderr.read_text()
-    assert status == 130 and output.rstrip().endswith("error: interrupted"), output[-2000:]
-    assert "Traceback" not in output and not left

@@ -257,17 +257,17 @@ def tokenize(
 @contextlib.contextmanager
 def quiet_workers_on_ctrl_c() -> Iterator[None]:
     """A Ctrl-C reaches every process of the terminal's group: the tokenizer processes `datasets` forks (and their
-    manager) would each print a KeyboardInterrupt traceback. Forked, they inherit this handler and exit quietly;
-    this process raises KeyboardInterrupt as usual, and `datasets` closes its pool on the way out."""
+    manager) would each print a KeyboardInterrupt traceback, and one that stops while it holds the pool's queue lock
+    deadlocks the pool. Forked, they inherit this handler and ignore the signal; this process raises
+    KeyboardInterrupt as usual, and `datasets` terminates its pool on the way out."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # ignored (a background job), or someone else's handler: leave it to them
         return
     parent = os.getpid()
 
     def on_ctrl_c(signum, frame) -> None:
-        if os.getpid() != parent:
-            raise SystemExit(128 + signum)  # multiprocessing ends a process on SystemExit without a traceback
-        raise KeyboardInterrupt
+        if os.getpid() == parent:  # a forked worker ignores it: the pool's terminate() stops it
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
