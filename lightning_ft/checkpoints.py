@@ -10,18 +10,22 @@ is scanned for anything else before a library that unpickles freely gets to read
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import pickle
+import random
 from pathlib import Path
 
 import torch
 from fsspec.utils import get_protocol
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
 
 from lightning_ft.errors import UserError, first_line
 from lightning_ft.files import remove_partial_files, write_atomically
+from lightning_ft.methods.base import Method
 
 # DeepSpeed pickles two plain-data classes of its own into its optimizer state files (and reads them back itself).
 DEEPSPEED_GLOBALS = {"deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler"}
@@ -264,3 +268,45 @@ def resume_point(ckpt_path: str | None, run_dir: Path, tidy: bool = False) -> st
         return None
     check_checkpoint(Path(ckpt_path))
     return ckpt_path
+
+
+# -- what a checkpoint holds besides the weights: RNG states, plain hyperparameters, the base's identity --
+
+
+def rng_states() -> dict:
+    """The RNG states training draws from (dropout, sampling), for an exact resume.
+
+    Not Lightning's _collect_rng_states: it includes NumPy's state, an ndarray that `torch.load(weights_only=True)`
+    refuses, and nothing here draws from NumPy.
+    """
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def plain_hyperparameters(hparams) -> dict:
+    """Hyperparameters with settings objects (a Method, Optim) as the class_path / init_args data LightningCLI
+    writes, so `load_from_checkpoint` rebuilds them (through LightningCLI's instantiator) from a weights-only read."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value) and isinstance(value, Method):
+            return {"class_path": value.class_path(), "init_args": dataclasses.asdict(value)}
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    plain_values = {key: plain(value) for key, value in dict(hparams).items()}
+    return {"_instantiator": "lightning.pytorch.cli.instantiate_module", **plain_values}
+
+
+def base_fingerprint(model: nn.Module) -> dict:
+    """What makes two base models' weights interchangeable, from the Hugging Face config (paths may move)."""
+    config = getattr(model, "config", None)
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    return {key: getattr(config, key, None) for key in keys}

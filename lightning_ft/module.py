@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import random
-import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +11,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_ft.anatomy import backbone, transformer_blocks
-from lightning_ft.checkpoints import check_checkpoint
+from lightning_ft.checkpoints import (
+    base_fingerprint,
+    check_checkpoint,
+    plain_hyperparameters,
+    rng_states,
+    set_rng_states,
+)
 from lightning_ft.constants import DType, Task
 from lightning_ft.distillation import Distillation, DistillationTerms, distillation_loss, label_logits, load_teacher
 from lightning_ft.distributed import all_gather_objects, shard_transformer_blocks
@@ -24,6 +26,7 @@ from lightning_ft.loading import check_model_source, load_model, load_tokenizer
 from lightning_ft.loss import head_cross_entropy, plain_cross_entropy, plain_output_head
 from lightning_ft.methods import Full, Method, count_parameters
 from lightning_ft.optim import Optim, build_optimizer, build_scheduler
+from lightning_ft.precision import c_compiler
 
 
 class FineTuneModule(LightningModule):
@@ -342,52 +345,7 @@ class FineTuneModule(LightningModule):
             self.resumed_rng_states = None
 
 
-def rng_states() -> dict:
-    """The RNG states training draws from (dropout, sampling), for an exact resume.
-
-    Not Lightning's _collect_rng_states: it includes NumPy's state, an ndarray that `torch.load(weights_only=True)`
-    refuses, and nothing here draws from NumPy.
-    """
-    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
 def gather_rng_states() -> list[dict]:
     """Every process's RNG states, by rank: each draws its own dropout masks. Checkpoints are saved by all processes
     together (Lightning's rule), so the gather cannot hang."""
     return all_gather_objects(rng_states())
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def plain_hyperparameters(hparams) -> dict:
-    """Hyperparameters with settings objects (a Method, Optim) as the class_path / init_args data LightningCLI
-    writes, so `load_from_checkpoint` rebuilds them (through LightningCLI's instantiator) from a weights-only read."""
-
-    def plain(value):
-        if dataclasses.is_dataclass(value) and isinstance(value, Method):
-            return {"class_path": value.class_path(), "init_args": dataclasses.asdict(value)}
-        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-
-    plain_values = {key: plain(value) for key, value in dict(hparams).items()}
-    return {"_instantiator": "lightning.pytorch.cli.instantiate_module", **plain_values}
-
-
-def c_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend would use ($CXX, else g++ / clang++ / c++ on the PATH)."""
-    candidates = (os.environ.get("CXX"), "g++", "clang++", "c++")
-    return next((path for name in candidates if name and (path := shutil.which(name))), None)
-
-
-def base_fingerprint(model: nn.Module) -> dict:
-    """What makes two base models' weights interchangeable, from the Hugging Face config (paths may move)."""
-    config = getattr(model, "config", None)
-    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-    return {key: getattr(config, key, None) for key in keys}

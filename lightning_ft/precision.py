@@ -1,7 +1,10 @@
-"""The training precision each device runs fastest at, correctly: what `--trainer.precision` defaults to."""
+"""The training precision each device runs fastest at, correctly (what `--trainer.precision` defaults to), and the
+compiler torch.compile needs on a CPU."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,3 +30,9 @@ def fastest_precision(accelerator: str | None) -> str:
     if accelerator in ("auto", "cpu"):
         return "bf16-mixed" if cpu_has_bf16() else "32-true"
     return "32-true"
+
+
+def c_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use ($CXX, else g++ / clang++ / c++ on the PATH)."""
+    candidates = (os.environ.get("CXX"), "g++", "clang++", "c++")
+    return next((path for name in candidates if name and (path := shutil.which(name))), None)

@@ -12,7 +12,7 @@ from throughput_contenders import CONTENDERS, run
 from tiny_model import WORDS
 
 from lightning_ft.data.batching import rows_per_batch
-from lightning_ft.module import c_compiler
+from lightning_ft.precision import c_compiler
 
 
 @pytest.fixture(scope="module")
