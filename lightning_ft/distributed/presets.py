@@ -5,12 +5,11 @@ These work on the parsed configuration (jsonargparse Namespaces), so a mistake i
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from jsonargparse import Namespace
 
 from lightning_ft.errors import UserError
+from lightning_ft.methods.base import method_class
 
 
 def strategy_name(trainer: Namespace) -> str:
@@ -59,7 +58,6 @@ def fill_data_parallel_size(trainer) -> None:
 def fit_method_to_strategy(trainer: Namespace, model: Namespace) -> None:
     """The method adjusts its settings to the strategy, or refuses it (QLoRA's 4-bit storage under FSDP)."""
     method = model.get("method")
-    if isinstance(method, Namespace):  # jsonargparse checked that the class path imports
-        module, _, name = str(method.class_path).rpartition(".")
-        method.init_args = method.get("init_args") or Namespace()  # a method without fields has none
-        getattr(importlib.import_module(module), name).fit_strategy(strategy_name(trainer), method.init_args)
+    if isinstance(method, Namespace):  # jsonargparse checked that the class path names a Method
+        settings = method.get("init_args") or Namespace()  # a method without fields has none
+        method_class(str(method.class_path)).fit_strategy(strategy_name(trainer), settings)

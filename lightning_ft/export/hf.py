@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from lightning_ft.errors import UserError
 from lightning_ft.loading import load_model, load_tokenizer
 from lightning_ft.methods import METHODS, Method
+from lightning_ft.methods.base import method_class
 
 EXPORT_RECORD = "lightning_ft_export.json"  # what was exported, from what, and how it checked out
 AUTO_CLASSES = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
@@ -63,19 +63,10 @@ def method_by_name(record: dict) -> Method:
     and only a Method subclass is built."""
     name, class_path = record["method"]["name"], record["method"].get("class_path")
     known = {cls.__name__: cls for cls in METHODS}  # records written before they kept the class path
-    cls = import_method(class_path) if class_path else known.get(name)
+    cls = method_class(class_path) if class_path else known.get(name)
     if cls is None:
         raise UserError(f"the export was made with {class_path or name}, which does not import here: is it installed?")
     return cls(**record["method"]["settings"])
-
-
-def import_method(class_path: str) -> type[Method] | None:
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name, None) if module else None
-    except ImportError:
-        return None
-    return cls if isinstance(cls, type) and issubclass(cls, Method) else None
 
 
 def read_export_record(directory: Path) -> dict:

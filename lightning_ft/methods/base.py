@@ -4,11 +4,15 @@ A method decides which weights train (`apply`), which of them a checkpoint must 
 (`trainable_state_dict` / `load_trainable_state_dict`), whether they fold back into the base
 weights (`merge`) and how they ship on their own (`save_adapter` / `load_adapter`). The module and
 the CLI see nothing else of it.
+
+Methods import peft inside the functions that use it: peft imports bitsandbytes, 2 s that parsing a configuration
+(every `--help`) must not wait for.
 """
 
 # No `from __future__ import annotations` here: jsonargparse resolves a subclass's inherited annotations in the
 # subclass's module, where `ClassVar` is not imported; a string annotation there turns every option unvalidated.
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -90,9 +94,7 @@ class Method(ABC):
     def save_adapter(self, model: nn.Module, directory: Path) -> None:
         """Write the trained weights alone, in peft's format (adapter_config.json + adapter_model.safetensors), so
         `PeftModel.from_pretrained(base, directory)` loads them without lightning_ft."""
-        from peft import (
-            PeftModel,  # peft (and bitsandbytes, which it imports) when a method runs, not to parse a config (2 s)
-        )
+        from peft import PeftModel
 
         if not isinstance(model, PeftModel):
             raise UserError(f"{type(self).__name__} has no adapter to save apart from the model")
@@ -103,6 +105,17 @@ class Method(ABC):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, directory)
+
+
+def method_class(class_path: str) -> type[Method] | None:
+    """The Method subclass a class path names (`Method.class_path`), or None when it does not import or names
+    something else."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Method) else None
 
 
 def unfreeze_classifier_head(model: nn.Module) -> None:

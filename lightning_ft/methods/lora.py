@@ -43,9 +43,7 @@ class LoRA(Method):
             raise UserError(f"--model.method.r must be positive, got {self.r}")
 
     def peft_config(self, task: str):
-        from peft import (
-            LoraConfig,  # peft (and bitsandbytes, which it imports) when a method runs, not to parse a config (2 s)
-        )
+        from peft import LoraConfig  # here, not at the top: see methods/base.py
 
         return LoraConfig(
             task_type=PEFT_TASK_TYPES[task],

@@ -37,10 +37,7 @@ class PrefixTuning(Method):
             )
 
     def apply(self, model: nn.Module, task: str) -> nn.Module:
-        from peft import (  # peft (and bitsandbytes, which it imports) when a method runs, not to parse a config (2 s)
-            PrefixTuningConfig,
-            get_peft_model,
-        )
+        from peft import PrefixTuningConfig, get_peft_model  # here, not at the top: see methods/base.py
 
         config = PrefixTuningConfig(
             task_type=PEFT_TASK_TYPES[task],

@@ -101,7 +101,7 @@ class QLoRA(LoRA):
         )
 
     def apply(self, model: nn.Module, task: str) -> nn.Module:
-        from peft import prepare_model_for_kbit_training  # peft when a method runs, not to parse a config
+        from peft import prepare_model_for_kbit_training  # here, not at the top: see methods/base.py
 
         # Casts norms/embeddings to fp32 for stable training and keeps gradient checkpointing as configured.
         model = prepare_model_for_kbit_training(
