@@ -4,13 +4,12 @@ No machine here reaches a model hub, so tests and the demo make their base model
 loading code (AutoModel/AutoTokenizer.from_pretrained) runs on it. The weights are random: fine-tuning
 starts from scratch in the embeddings, which is what makes the demo's before/after gap measurable.
 
-    python scripts/tiny_model.py OUT_DIR --texts data.jsonl [--hidden 64 --layers 2]
+    python scripts/tiny_model.py OUT_DIR --texts DATA_FILE [--hidden 64 --layers 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -71,15 +70,21 @@ def build_tiny_llama(
 
 
 def texts_of(path: Path) -> list[str]:
-    """Every string value of every record of a JSONL file."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [v for row in rows for v in row.values() if isinstance(v, str)]
+    """Every string value of every record of a data file in any format `--data.train_path` reads."""
+    from lightning_ft.data.sources import read_records
+
+    return [v for _, row in read_records(str(path), "--texts") for v in row.values() if isinstance(v, str)]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--texts", type=Path, required=True, help="JSONL file whose strings train the tokenizer")
+    parser.add_argument(
+        "--texts",
+        type=Path,
+        required=True,
+        help="a data file (any format --data.train_path reads)",
+    )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab_size", type=int, default=512)

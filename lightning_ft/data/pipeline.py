@@ -245,13 +245,27 @@ def tokenize(
             )
         statuses = list(encoded["status"])
         counts[name] = {s: statuses.count(s) for s in TOKEN_STATUSES}
-        result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
+        with no_progress_bars():
+            result[name] = encoded.filter(lambda status: status in ("kept", "truncated"), input_columns="status")
         if len(result[name]) == 0:
             raise UserError(
                 f"{settings.origin(name)}: no {name} examples left after tokenization "
                 f"({json.dumps(counts[name])}, max_length={rules.max_length})"
             )
     return datasets.DatasetDict(result), counts
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Without datasets' progress bars, for steps that take no time to watch (filtering, saving): on the console they
+    were two bars per split of every fit."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 @contextlib.contextmanager
@@ -331,5 +345,6 @@ class DatasetCache:
 
     def save(self, data: datasets.DatasetDict, report: dict) -> None:
         with staged_folder(self.path) as staging:  # a reader sees the old entry, or none, or the whole new one
-            data.save_to_disk(str(staging / "data"))
+            with no_progress_bars():
+                data.save_to_disk(str(staging / "data"))
             (staging / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
