@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, write_jsonl
 
 from lightning_ft.checkpoints import newest_checkpoint
 from lightning_ft.commands import PREEMPTED_EXIT_STATUS
@@ -110,3 +112,47 @@ def test_a_resumed_run_continues_its_wandb_run(cli, fit_args, tmp_path, monkeypa
     # One dir per start (or one, if both started within a second), all for the same run id: a new id would be a new run.
     ids = {path.name.rsplit("-", 1)[1] for path in (run / "wandb").glob("offline-run-*")}
     assert ids == {run_id}
+
+
+# Ctrl-C raises KeyboardInterrupt even where this test runs as a background job (which inherits SIGINT ignored).
+AS_IN_A_TERMINAL = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from lightning_ft.commands import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def still_running(group: int) -> list[int]:
+    def running_in_group(pid: int) -> bool:
+        try:
+            return os.getpgid(pid) == group and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            return False
+
+    return [pid for pid in psutil.pids() if running_in_group(pid)]
+
+
+def test_ctrl_c_while_several_processes_tokenize_stops_at_once_in_one_line(tiny_model, tmp_path):
+    """A terminal's Ctrl-C signals the whole process group: this process and the tokenizer processes. Sent as the
+    progress bar appears, it lands while the pool forks its workers: it used to be swallowed there (the run went on
+    and exited 0), or to leave workers behind that waited for work forever."""
+    rows = [{"instruction": f"Task {i}: " + "say the word alpha " * 8, "output": "alpha " * 12} for i in range(20_000)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    flags = ["--model.model_name_or_path", str(tiny_model), "--data.train_path", str(train), "--data.num_proc", "2"]
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        command = subprocess.Popen(
+            [sys.executable, "-c", AS_IN_A_TERMINAL, "data", *flags, "--data.cache_dir", str(tmp_path / "cache")],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+        while "tokenizing train" not in stderr.read_text() and command.poll() is None:
+            time.sleep(0.1)
+        os.killpg(command.pid, signal.SIGINT)
+        status = command.wait(timeout=60)
+    left = still_running(command.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    output = stderr.read_text()
+    assert status == 130 and output.rstrip().endswith("error: interrupted"), output[-2000:]
+    assert "Traceback" not in output and not left

@@ -19,6 +19,7 @@ import sys
 
 from lightning_ft.console import quiet_known_noise
 from lightning_ft.errors import UserError, find_cause, first_line
+from lightning_ft.interrupts import ctrl_c_is_never_lost
 
 PREEMPTED_EXIT_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resumable; not a success
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_known_noise()
     try:
-        return run(name, argv, debug)
+        with ctrl_c_is_never_lost():
+            return run(name, argv, debug)
     except KeyboardInterrupt:  # outside training (reading or tokenizing data, loading a model): nothing to save
         if debug:
             raise

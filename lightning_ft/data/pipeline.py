@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from lightning_ft.data.sources import NumberedRecord, Source, fingerprint, read_
 from lightning_ft.data.splits import SplitSpec, carve
 from lightning_ft.errors import UserError
 from lightning_ft.files import staged_folder
+from lightning_ft.interrupts import quiet_workers_on_ctrl_c
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
@@ -266,28 +266,6 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if enabled:
             datasets.enable_progress_bars()
-
-
-@contextlib.contextmanager
-def quiet_workers_on_ctrl_c() -> Iterator[None]:
-    """A Ctrl-C reaches every process of the terminal's group: the tokenizer processes `datasets` forks (and their
-    manager) would each print a KeyboardInterrupt traceback, and one that stops while it holds the pool's queue lock
-    deadlocks the pool. Forked, they inherit this handler and ignore the signal; this process raises
-    KeyboardInterrupt as usual, and `datasets` terminates its pool on the way out."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # ignored (a background job), or someone else's handler: leave it to them
-        return
-    parent = os.getpid()
-
-    def on_ctrl_c(signum, frame) -> None:
-        if os.getpid() == parent:  # a forked worker ignores it: the pool's terminate() stops it
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def loss_terms(labels) -> int:
