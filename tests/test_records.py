@@ -16,6 +16,7 @@ ALPACA = {"instruction": "Say it.", "input": "abc", "output": "ok"}
 
 
 def setup(tiny_model, tmp_path, rows, fmt="instruction", **kwargs) -> FineTuneDataModule:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
     dm = FineTuneDataModule(fmt, str(train), tokenizer=str(tiny_model), max_length=512, **kwargs)
@@ -84,6 +85,14 @@ def test_pii_is_counted_and_warned_about_when_scrubbing_is_off(tiny_model, tmp_p
     quality = dm.report["train"]["quality"]
     assert quality["pii"] == {"EMAIL": 1, "PHONE": 1} and quality["pii_kept"]
     assert any("jane.doe@example.org" in dm.get_tokenizer().decode(ids) for ids in dm.datasets["train"]["input_ids"])
+
+
+def test_a_cache_hit_warns_again_naming_this_runs_file(tiny_model, tmp_path):
+    record = {"instruction": "Reply.", "input": "write to jane.doe@example.org", "output": "ok"}
+    first = setup(tiny_model, tmp_path / "a", [record, ALPACA], cache_dir=str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match=r"b/train\.jsonl: PII found and kept in the text \(1 EMAIL\)"):
+        hit = setup(tiny_model, tmp_path / "b", [record, ALPACA], cache_dir=str(tmp_path / "cache"))
+    assert hit.cache.path == first.cache.path
 
 
 def test_chat_system_prompts_and_tool_calls_are_scrubbed(tiny_model, tmp_path):

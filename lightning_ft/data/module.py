@@ -10,7 +10,7 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_ft.data.batching import (
@@ -207,8 +207,11 @@ class FineTuneDataModule(LightningDataModule):
 
     def describe(self, report: dict, tokenized: datasets.DatasetDict) -> dict:
         """The data's report with this run's own facts, which the cache key leaves out: where each split is read
-        from, and how this run's batching pads its batches."""
+        from, and how this run's batching pads its batches. Warns about what the report says a user should know."""
         report = {name: {"source": self.pipeline.origin(name), **entry} for name, entry in report.items()}
+        for entry in report.values():
+            for warning in entry["warnings"]:
+                rank_zero_warn(f"{entry['source']}: {warning}")
         lengths = list(tokenized["train"]["length"])  # a plain list: indexing a datasets Column is slow
         waste = padding_waste(lengths, self.batch_size, self.token_rules.max_length, self.seed)
         report["train"]["padding_waste"] = waste

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
-from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data.formats import DataFormat, EncodeContext
@@ -29,7 +28,7 @@ from lightning_ft.interrupts import quiet_workers_on_ctrl_c
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
-PIPELINE_VERSION = 4  # bump when a change here alters what a cached dataset would hold
+PIPELINE_VERSION = 5  # bump when a change here alters what a cached dataset would hold
 
 
 @dataclass
@@ -81,19 +80,20 @@ class PipelineSettings:
 
 
 def build(settings: PipelineSettings, num_proc: int | None) -> tuple[datasets.DatasetDict, dict]:
-    """The whole pipeline: (tokenized splits, the data's report), warning about what a user should know."""
+    """The whole pipeline: (tokenized splits, the data's report). The report keeps, per split, what a user should
+    be warned about (without the file's path, which the cache key leaves out): the DataModule warns at every run,
+    from the cache too."""
     records = read_splits(settings)
     cleaned, quality = apply_quality(records, settings)
-    for warning in data_warnings(cleaned, quality, settings):
-        rank_zero_warn(warning)
+    warnings = data_warnings(cleaned, quality, settings)
     tokenized, counts = tokenize(cleaned, settings, num_proc)
     for name, count in counts.items():
         if count["no_label_tokens"]:
-            rank_zero_warn(
-                f"{settings.origin(name)}: dropped {count['no_label_tokens']} examples with no label token left "
+            warnings[name].append(
+                f"dropped {count['no_label_tokens']} examples with no label token left "
                 f"(the prompt fills max_length={settings.tokens.max_length}, or no response)"
             )
-    return tokenized, build_report(records, quality, counts, tokenized, settings.format)
+    return tokenized, build_report(records, quality, counts, tokenized, warnings, settings.format)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -167,24 +167,23 @@ def apply_quality(
 
 def data_warnings(
     cleaned: dict[str, list[NumberedRecord]], quality: dict[str, QualityReport], settings: PipelineSettings
-) -> list[str]:
-    """What a user should know about data that is valid: PII kept in the text, eval labels training never shows."""
-    warnings, fmt = [], settings.format
+) -> dict[str, list[str]]:
+    """What a user should know about data that is valid, per split: PII kept in the text, eval labels training never
+    shows."""
+    warnings, fmt = {name: [] for name in cleaned}, settings.format
     for name, report in quality.items():
         if report.pii_kept:
             found = ", ".join(f"{count} {kind}" for kind, count in sorted(report.pii.items()))
-            warnings.append(
-                f"{settings.origin(name)}: PII found and kept in the text ({found}); "
-                "--data.quality.scrub_pii true replaces it"
-            )
+            kept = f"PII found and kept in the text ({found}); --data.quality.scrub_pii true replaces it"
+            warnings[name].append(kept)
     label_field = getattr(fmt, "label_field", None)
     if label_field:
         seen = {str(record.get(label_field)) for _, record in cleaned["train"]}
         for name in ("val", "test"):
             unseen = sorted({str(record.get(label_field)) for _, record in cleaned.get(name, [])} - seen)
             if unseen:
-                warnings.append(
-                    f"{settings.origin(name)}: label {', '.join(map(repr, unseen))} never occurs in the training data "
+                warnings[name].append(
+                    f"label {', '.join(map(repr, unseen))} never occurs in the training data "
                     "(the model cannot learn it; its examples can only be scored wrong)"
                 )
     return warnings
@@ -291,7 +290,7 @@ def length_summary(lengths: list[int]) -> dict[str, float]:
     }
 
 
-def build_report(records, quality, token_counts, tokenized, fmt: DataFormat) -> dict:
+def build_report(records, quality, token_counts, tokenized, warnings, fmt: DataFormat) -> dict:
     """What the data says about itself, per split: rows in/out per rule, labels, lengths (it is cached with the
     data, so nothing here depends on where the files are or how a run batches them)."""
     report = {}
@@ -303,6 +302,7 @@ def build_report(records, quality, token_counts, tokenized, fmt: DataFormat) -> 
             "tokens": token_counts[name],
             "examples": len(tokenized[name]),
             "lengths": length_summary(list(tokenized[name]["length"])),
+            "warnings": warnings[name],
         }
         if label_field:
             entry["labels"] = label_distribution(records[name], label_field)
