@@ -26,6 +26,7 @@ from torch import nn
 from lightning_ft.errors import UserError, first_line
 from lightning_ft.files import remove_partial_files, write_atomically
 from lightning_ft.methods.base import Method
+from lightning_ft.objectives.base import Objective
 
 # DeepSpeed pickles two plain-data classes of its own into its optimizer state files (and reads them back itself).
 DEEPSPEED_GLOBALS = {"deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler"}
@@ -293,11 +294,12 @@ def set_rng_states(states: dict) -> None:
 
 
 def plain_hyperparameters(hparams) -> dict:
-    """Hyperparameters with settings objects (a Method, Optim) as the class_path / init_args data LightningCLI
-    writes, so `load_from_checkpoint` rebuilds them (through LightningCLI's instantiator) from a weights-only read."""
+    """Hyperparameters with settings objects (a Method, an Objective, Optim) as the class_path / init_args data
+    LightningCLI writes, so `load_from_checkpoint` rebuilds them (through LightningCLI's instantiator) from a
+    weights-only read."""
 
     def plain(value):
-        if dataclasses.is_dataclass(value) and isinstance(value, Method):
+        if dataclasses.is_dataclass(value) and isinstance(value, Method | Objective):
             return {"class_path": value.class_path(), "init_args": dataclasses.asdict(value)}
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_ft.anatomy import backbone, transformer_blocks
+from lightning_ft.anatomy import transformer_blocks
 from lightning_ft.checkpoints import (
     base_fingerprint,
     check_checkpoint,
@@ -19,18 +19,18 @@ from lightning_ft.checkpoints import (
     set_rng_states,
 )
 from lightning_ft.constants import DType, Task
-from lightning_ft.distillation import Distillation, DistillationTerms, distillation_loss, label_logits, load_teacher
 from lightning_ft.distributed import all_gather_objects, shard_transformer_blocks
 from lightning_ft.errors import UserError
+from lightning_ft.forward import Forward
 from lightning_ft.loading import check_model_source, load_model, load_tokenizer
-from lightning_ft.loss import head_cross_entropy, plain_cross_entropy, plain_output_head
 from lightning_ft.methods import Full, Method, count_parameters
+from lightning_ft.objectives import CrossEntropy, Objective, Terms
 from lightning_ft.optim import Optim, build_optimizer, build_scheduler
 from lightning_ft.precision import c_compiler
 
 
 class FineTuneModule(LightningModule):
-    """Fine-tune a Hugging Face causal LM or sequence classifier with any `Method`.
+    """Fine-tune a Hugging Face causal LM or sequence classifier with any `Method`, on any `Objective`.
 
     Args:
         model_name_or_path: local Hugging Face model directory or hub id.
@@ -44,8 +44,7 @@ class FineTuneModule(LightningModule):
         trust_remote_code: allow the model directory to run its own Python code. Only for sources you trust.
         compile: compile each transformer block with torch.compile (one compilation serves every block): about a
             minute up front, so only long runs can gain (BENCHMARKS.md: slower end to end on 110 CPU steps).
-        distillation: also train on a frozen teacher's soft predictions (see distillation.py); the training loss
-            mixes both, val_loss stays the plain cross-entropy and val_kd is the KL to the teacher at temperature 1.
+        objective: what the loss is (CrossEntropy, Distillation); default CrossEntropy(), supervised fine-tuning.
         optim: optimizer and learning-rate schedule.
     """
 
@@ -60,7 +59,7 @@ class FineTuneModule(LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         compile: bool = False,
-        distillation: Distillation | None = None,
+        objective: Objective | None = None,
         optim: Optim = Optim(),
     ) -> None:
         super().__init__()
@@ -74,12 +73,8 @@ class FineTuneModule(LightningModule):
                 "install g++, or leave compile off"
             )
         self.optim = optim
-        self.distillation = distillation
-        if distillation is not None:
-            distillation.check()
-        # In a tuple, so the teacher is no submodule: it stays out of state_dict, checkpoints, parameter counts, the
-        # optimizer and train()/eval() switches, and does not move with .to() (distillation_terms moves it).
-        self._teacher: tuple[nn.Module, ...] = ()
+        self.objective = objective or CrossEntropy()
+        self.objective.check(task)
         self.model = None  # built in configure_model, so sharded strategies can build it in place
         # Adapter checkpoints hold only the trained weights (on_load_checkpoint checks they are all there); sharded
         # strategies load checkpoints through this flag, the others through load_state_dict below.
@@ -87,8 +82,9 @@ class FineTuneModule(LightningModule):
         self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
         self._last_batch_tokens = 0
         self.parameter_counts: tuple[int, int] | None = None  # (trainable, total), counted when fitting starts
-        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
-        self.eval_kd = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})  # with distillation only
+        # {stage}_loss and what else the objective logs at evaluation, as exact means across processes.
+        names = ("loss", *self.objective.eval_logged)
+        self.eval_means = nn.ModuleDict({f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in names})
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> FineTuneModule:
@@ -125,16 +121,8 @@ class FineTuneModule(LightningModule):
         if h.compile:
             for _, block in transformer_blocks(self.model):
                 block.compile()
-        if self.distillation is not None:
-            teacher = load_teacher(
-                self.distillation,
-                self.model,
-                tokenizer,
-                h.task,
-                dtype="bfloat16" if self.bf16_compute else "float32",  # frozen: no fp32 updates to keep
-                trust_remote_code=h.trust_remote_code,
-            )
-            self._teacher = (teacher,)
+        frozen_dtype = "bfloat16" if self.bf16_compute else "float32"  # no fp32 updates to keep
+        self.objective.configure(self.policy, tokenizer, dtype=frozen_dtype, trust_remote_code=h.trust_remote_code)
 
     def default_dtype(self) -> str:
         return "bfloat16" if self.bf16_compute and not self.method.saves_full_model else "float32"
@@ -146,36 +134,26 @@ class FineTuneModule(LightningModule):
 
     # -- training -------------------------------------------------------------------------------------------
 
+    @property
+    def policy(self) -> Forward:
+        """The forward passes of the model being trained, as objectives use them."""
+        method = self.method
+        return Forward(
+            self.model,
+            self.hparams.task,
+            name=type(method).__name__,
+            hidden_states=method.hidden_state_loss,
+            packing=method.supports_packing,
+        )
+
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        """Mean loss over the batch's label tokens (causal LM) or examples (classification), and their count.
-
-        A causal LM whose head is plain (see loss.py) is scored from the backbone's hidden states at the label
-        positions only; the others from the model's own logits.
-        """
-        head = self.hparams.task == "causal_lm" and self.method.hidden_state_loss and plain_output_head(self.model)
-        if not head:
-            return self.loss_from_logits(self(**batch), batch["labels"])
-        hidden = backbone(self.model)(**self.model_inputs(**batch)).last_hidden_state
-        total, count = head_cross_entropy(hidden[:, :-1], head, batch["labels"][:, 1:])
-        return total / max(count, 1), count
-
-    def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if self.hparams.task != "sequence_classification":
-            # Prefix tuning prepends no logits; shift so position t predicts token t + 1.
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        total, count = plain_cross_entropy(logits, labels)
-        return total / max(count, 1), count
+        """The training loss of a batch and what it is a mean over (label tokens, examples, pairs)."""
+        terms = self.objective.terms(self.policy, batch, training=True)
+        return terms.loss, terms.count
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
-        return self.model(**self.model_inputs(input_ids, attention_mask, position_ids)).logits
-
-    def model_inputs(self, input_ids, attention_mask=None, position_ids=None, **_) -> dict:
-        if position_ids is not None and attention_mask is None and not self.method.supports_packing:
-            raise UserError(f"{type(self.method).__name__} cannot train on packed rows; use another --data.batching")
-        # Packed rows come with position_ids and no attention mask; transformers then keeps examples apart, but
-        # only with no cache in play (see DESIGN.md): hence use_cache=False.
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        return {**inputs, "use_cache": False}
+        return self.policy.logits(inputs)
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -187,37 +165,18 @@ class FineTuneModule(LightningModule):
         trainable, total = self.parameter_counts
         return (4 * total + 2 * trainable) * self._last_batch_tokens
 
-    def distillation_terms(self, batch: dict, temperature: float) -> tuple[torch.Tensor, DistillationTerms]:
-        """The student's logits where there are labels, and the distillation loss terms against the teacher's.
-
-        The student's logits come from the hidden states at label positions when its method allows (loss.py's
-        rule): the KL needs the full distribution there, but not at the positions without labels.
-        """
-        inputs, task = self.model_inputs(**batch), self.hparams.task
-        student, labels = label_logits(self.model, inputs, batch["labels"], task, self.method.hidden_state_loss)
-        teacher = self._teacher[0]
-        if teacher.device != self.device:  # not a submodule, so it follows the module here (fit, validate, test)
-            teacher.to(self.device)
-        with torch.no_grad():  # in the step's autocast, like the student
-            teacher_logits, _ = label_logits(teacher, inputs, batch["labels"], task, hidden_states=True)
-        return student, distillation_loss(student, teacher_logits, labels, temperature, self.distillation.alpha)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._last_batch_tokens = int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
-        if self.distillation is None:
-            loss, count = self.loss(batch)
-        else:
-            _, terms = self.distillation_terms(batch, self.distillation.temperature)
-            count = terms.count
-            loss = terms.loss / max(count, 1)
-            self.log("train_kd_loss", terms.kd / max(count, 1), batch_size=count)
-            self.log("train_ce_loss", terms.ce / max(count, 1), batch_size=count)
+        terms = self.objective.terms(self.policy, batch, training=True)
+        loss, count = terms.loss, terms.count
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
+        for name, value in terms.logged.items():
+            self.log(f"train_{name}", value, batch_size=count)
         if "step_terms" not in batch:
             return loss
-        # The token-weighted mean over the whole optimizer step (all processes, all accumulated batches): this
-        # batch's summed losses over the step's label tokens. Lightning divides by the accumulation count and DDP
-        # averages gradients over processes, so both factors are multiplied back in.
+        # The weighted mean over the whole optimizer step (all processes, all accumulated batches): this batch's
+        # summed losses over the step's loss terms. Lightning divides by the accumulation count and DDP averages
+        # gradients over processes, so both factors are multiplied back in.
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / batch["step_terms"]
         return loss * count * scale
 
@@ -228,43 +187,31 @@ class FineTuneModule(LightningModule):
         return self._eval_step(batch, "test")
 
     def _eval_step(self, batch: dict, stage: str) -> dict:
-        """Accumulate the loss weighted by label tokens (examples); return predictions for metric callbacks."""
-        if self.distillation is not None:  # the KL as it is (temperature 1) next to the plain cross-entropy
-            logits, terms = self.distillation_terms(batch, temperature=1.0)
-            count = max(terms.count, 1)
-            self.eval_loss[stage].update(terms.ce.detach() / count, terms.count)
-            self.eval_kd[stage].update(terms.kd.detach() / count, terms.count)
-            if self.hparams.task != "sequence_classification":
-                return {"loss": terms.ce / count}
-            return {"loss": terms.ce / count, "preds": logits.argmax(-1), "target": batch["labels"]}
-        if self.hparams.task != "sequence_classification":
-            loss, count = self.loss(batch)
-            self.eval_loss[stage].update(loss.detach(), count)
-            return {"loss": loss}
-        logits = self(**batch)
-        loss, count = self.loss_from_logits(logits, batch["labels"])
-        self.eval_loss[stage].update(loss.detach(), count)
-        return {"loss": loss, "preds": logits.argmax(-1), "target": batch["labels"]}
+        """Accumulate the loss and the objective's terms, weighted by what each is a mean over; return a
+        classifier's predictions for the metric callbacks."""
+        terms: Terms = self.objective.terms(self.policy, batch, training=False)
+        for name, value in {"loss": terms.loss, **terms.logged}.items():
+            self.eval_means[f"{stage}_{name}"].update(value.detach(), terms.count)
+        if terms.logits is None:
+            return {"loss": terms.loss}
+        return {"loss": terms.loss, "preds": terms.logits.argmax(-1), "target": batch["labels"]}
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval_loss("val")
+        self._log_eval_means("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval_loss("test")
+        self._log_eval_means("test")
 
-    def _log_eval_loss(self, stage: str) -> None:
-        """The token-weighted mean over the whole eval set, summed exactly across processes (torchmetrics)."""
-        metric = self.eval_loss[stage]
-        if not metric.update_count:
-            return
-        loss = metric.compute()
-        metric.reset()
-        self.log(f"{stage}_loss", loss, prog_bar=True)
-        if self.hparams.task == "causal_lm":
-            self.log(f"{stage}_perplexity", loss.exp())  # exp of the mean token negative log-likelihood
-        if self.eval_kd[stage].update_count:
-            self.log(f"{stage}_kd", self.eval_kd[stage].compute())
-            self.eval_kd[stage].reset()
+    def _log_eval_means(self, stage: str) -> None:
+        """The weighted means over the whole eval set, summed exactly across processes (torchmetrics)."""
+        for name, metric in self.eval_means.items():
+            if not name.startswith(f"{stage}_") or not metric.update_count:
+                continue
+            value = metric.compute()
+            metric.reset()
+            self.log(name, value, prog_bar=name == f"{stage}_loss")
+            if name == f"{stage}_loss" and self.objective.loss_is_nll and self.hparams.task == "causal_lm":
+                self.log(f"{stage}_perplexity", value.exp())  # exp of the mean token negative log-likelihood
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim)

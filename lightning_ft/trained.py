@@ -33,8 +33,8 @@ def load_trained(checkpoint: str | Path, base: str | None = None, **overrides) -
     except UserError:
         flag = "--base" if base else "the checkpoint's base model"
         raise UserError(f"{flag} {source}: no such directory (moved? pass --base DIR)") from None
-    # A distilled model is used without its teacher: its directory need not be there any more.
-    settings = {"model_name_or_path": source, "distillation": None, **overrides}
+    # A trained model is used without its objective (a teacher's directory, say, need not be there any more).
+    settings = {"model_name_or_path": source, "objective": None, **overrides}
     return FineTuneModule.load_from_checkpoint(path, map_location="cpu", **settings)
 
 

@@ -45,7 +45,7 @@ def test_every_shipped_config_fits_two_steps(
     """Each recipe with the contract flags; lora.yaml also turned into a classifier by flags alone."""
     run_dir = tmp_path / config.stem
     # The recipes' teacher is a hub model; here the tiny model teaches itself (same tokenizer, as it must be).
-    teacher = ["--model.distillation.teacher", str(tiny_model)] if config.stem == "distill" else []
+    teacher = ["--model.objective.teacher", str(tiny_model)] if config.stem == "distill" else []
     args = fit_args("--data.num_workers", "0", *teacher, run_dir=run_dir, classification=classification)
     caplog.set_level("INFO")
     assert cli(["fit", "--config", str(config), *args[1:]]) == 0

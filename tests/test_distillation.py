@@ -16,9 +16,11 @@ from tiny_model import build_tiny_llama, texts_of
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
 from lightning_ft import FineTuneDataModule, FineTuneModule, LoRA
-from lightning_ft.distillation import Distillation, distillation_loss, label_logits
 from lightning_ft.errors import UserError
+from lightning_ft.forward import Forward
 from lightning_ft.methods import count_parameters
+from lightning_ft.objectives import CrossEntropy, Distillation
+from lightning_ft.objectives.distillation import distillation_loss
 from lightning_ft.optim import Optim
 from lightning_ft.trained import load_trained
 
@@ -69,8 +71,8 @@ def test_logits_from_hidden_states_at_label_positions_equal_the_models_own(tiny_
     labels = inputs["input_ids"].clone()
     labels[0, :4] = labels[1, :2] = -100  # prompt tokens: no loss
     with torch.no_grad():
-        fast, fast_labels = label_logits(model, inputs, labels, "causal_lm", hidden_states=True)
-        own, own_labels = label_logits(model, inputs, labels, "causal_lm", hidden_states=False)
+        fast, fast_labels = Forward(model, "causal_lm", hidden_states=True).label_logits({**inputs, "labels": labels})
+        own, own_labels = Forward(model, "causal_lm", hidden_states=False).label_logits({**inputs, "labels": labels})
     assert fast.shape == (3 + 5, model.config.vocab_size)  # label tokens after the shift: row 1 has 3, row 2 has 5
     torch.testing.assert_close(fast, own)
     assert torch.equal(fast_labels, own_labels)
@@ -80,9 +82,9 @@ def kl_to_teacher(module: FineTuneModule, loader) -> float:
     """KL(teacher || student) per label token (example) at temperature 1, on held-out data."""
     module.eval()
     with torch.no_grad():
-        terms = [module.distillation_terms(batch, 1.0)[1] for batch in loader]
+        terms = [module.objective.terms(module.policy, batch, training=False) for batch in loader]
     module.train()
-    return float(sum(t.kd for t in terms) / sum(t.count for t in terms))
+    return float(sum(t.logged["kd"] * t.count for t in terms) / sum(t.count for t in terms))
 
 
 def distilled(tiny_model, data_dir, teacher, alpha, steps, classification=False):
@@ -93,7 +95,7 @@ def distilled(tiny_model, data_dir, teacher, alpha, steps, classification=False)
         task="sequence_classification" if classification else "causal_lm",
         method=LoRA(r=8, dropout=0.0),
         labels=LABELS if classification else None,
-        distillation=Distillation(str(teacher), temperature=2.0, alpha=alpha),
+        objective=Distillation(str(teacher), temperature=2.0, alpha=alpha),
         optim=Optim(lr=3e-2, scheduler="constant"),
     )
     datamodule = FineTuneDataModule(
@@ -107,7 +109,7 @@ def distilled(tiny_model, data_dir, teacher, alpha, steps, classification=False)
     )
     module.configure_model()
     datamodule.setup("fit")
-    teacher_before = {k: v.clone() for k, v in module._teacher[0].state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in module.objective._teacher[0].model.state_dict().items()}
     before = kl_to_teacher(module, datamodule.val_dataloader())
     trainer = Trainer(
         max_steps=steps,
@@ -133,7 +135,7 @@ def test_a_distilled_student_gets_closer_to_its_teacher_than_one_trained_on_labe
     assert with_teacher < labels_only - 0.03, (with_teacher, labels_only)
 
     # The teacher is frozen, in eval mode, unchanged, and nowhere in the module's weights, counts or optimizer.
-    teacher = module._teacher[0]
+    teacher = module.objective._teacher[0].model
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     for name, value in teacher.state_dict().items():
         torch.testing.assert_close(value, teacher_before[name], rtol=0, atol=0)
@@ -158,7 +160,7 @@ def test_classifier_distillation_moves_the_student_toward_the_teacher(tiny_model
 
 def test_the_recipe_fits_logs_both_losses_and_checkpoints_only_the_student(cli, fit_args, lm_teacher, tmp_path):
     run_dir = tmp_path / "run"
-    flags = ["--model.distillation.teacher", str(lm_teacher), "--model.distillation.alpha", "0.7"]
+    flags = ["--model.objective.teacher", str(lm_teacher), "--model.objective.alpha", "0.7"]
     flags += ["--trainer.limit_train_batches", "2", "--generation.num_samples", "0", "--data.num_workers", "0"]
     assert cli(["fit", "--config", str(ROOT / "configs/distill.yaml"), *fit_args(*flags)[1:]]) == 0
 
@@ -168,29 +170,30 @@ def test_the_recipe_fits_logs_both_losses_and_checkpoints_only_the_student(cli, 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])
     restored = FineTuneModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert restored.distillation == Distillation(str(lm_teacher), temperature=2.0, alpha=0.7)
+    assert restored.objective == Distillation(str(lm_teacher), temperature=2.0, alpha=0.7)
     # Using the student (eval, export) needs no teacher: it is not even loaded.
     student = load_trained(run_dir / "checkpoints" / "last.ckpt")
-    assert student.distillation is None and student._teacher == ()
+    assert student.objective == CrossEntropy()
     assert cli(["export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--output", str(tmp_path / "out")]) == 0
 
 
 def test_bad_settings_and_mismatched_teachers_are_refused(cli, fit_args, capsys, tiny_model, data_dir, tmp_path):
-    assert cli(fit_args("--model.distillation.teacher", str(tiny_model), "--model.distillation.alpha", "1.5")) == 2
-    assert "error: --model.distillation.alpha must be in [0, 1], got 1.5" in capsys.readouterr().err
-    with pytest.raises(UserError, match="--model.distillation.temperature must be a positive number"):
-        Distillation(str(tiny_model), temperature=0).check()
-    with pytest.raises(UserError, match="--model.distillation.teacher: no such directory"):
-        Distillation(str(tmp_path / "missing")).check()
+    flags = ["--model.objective", "Distillation", "--model.objective.teacher", str(tiny_model)]
+    assert cli(fit_args(*flags, "--model.objective.alpha", "1.5")) == 2
+    assert "error: --model.objective.alpha must be in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--model.objective.temperature must be a positive number"):
+        Distillation(str(tiny_model), temperature=0).check("causal_lm")
+    with pytest.raises(UserError, match="--model.objective.teacher: no such directory"):
+        Distillation(str(tmp_path / "missing")).check("causal_lm")
 
     def configure(teacher: Path, **kwargs) -> FineTuneModule:
-        module = FineTuneModule(str(tiny_model), distillation=Distillation(str(teacher)), **kwargs)
+        module = FineTuneModule(str(tiny_model), objective=Distillation(str(teacher)), **kwargs)
         module.configure_model()
         return module
 
     texts = texts_of(data_dir / "train.jsonl") + texts_of(data_dir / "cls_train.jsonl")
     other_tokenizer = build_tiny_llama(tmp_path / "other", texts, hidden=64, layers=2, vocab_size=260)
-    with pytest.raises(UserError, match="--model.distillation.teacher .*: another tokenizer than the student's"):
+    with pytest.raises(UserError, match="--model.objective.teacher .*: another tokenizer than the student's"):
         configure(other_tokenizer)
 
     def with_vocab(size: int) -> Path:

@@ -55,7 +55,7 @@ def test_the_loss_from_hidden_states_equals_the_models_own(tiny_model, monkeypat
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             fused = loss_and_grads(module, batch)
             with monkeypatch.context() as plain:
-                plain.setattr("lightning_ft.module.plain_output_head", lambda model: None)
+                plain.setattr("lightning_ft.forward.plain_output_head", lambda model: None)
                 reference = loss_and_grads(module, batch)
         assert fused[1] == reference[1] == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         assert fused[0] == pytest.approx(reference[0], rel=1e-4 if autocast else 1e-6), name

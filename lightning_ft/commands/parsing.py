@@ -20,6 +20,7 @@ from lightning_ft.errors import UserError
 # Options whose value names a class from a registry: what a user can choose from, by short name.
 REGISTRIES = {
     "model.method": ("method", "lightning_ft.methods", "METHODS"),
+    "model.objective": ("objective", "lightning_ft.objectives", "OBJECTIVES"),
     "data.format": ("format", "lightning_ft.data.formats", "FORMATS"),
 }
 

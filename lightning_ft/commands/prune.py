@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         if output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
             raise UserError(f"--output {output_dir}: exists and is not an empty folder (nothing is overwritten)")
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if isinstance(c, ClassificationMetrics | ProgressBar)]
-        module = load_trained(ckpt, distillation=None) if ckpt else cli.model
+        module = load_trained(ckpt) if ckpt else cli.model
         if module.hparams.task != cli.model.hparams.task:
             raise UserError(
                 f"--ckpt {ckpt} holds a {module.hparams.task} model; the config's task is {cli.model.hparams.task}"

@@ -6,7 +6,7 @@ T > 1 softens both distributions so the teacher's ranking of the wrong answers c
 term's gradients on the hard term's scale as T changes.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: jsonargparse reads these annotations (see methods/base.py).
 
 import os
 import re
@@ -15,21 +15,22 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_ft.anatomy import backbone
 from lightning_ft.constants import IGNORE_INDEX, DType, Task
 from lightning_ft.errors import UserError, first_line
+from lightning_ft.forward import Forward
 from lightning_ft.loading import check_model_source, load_model, load_tokenizer
-from lightning_ft.loss import plain_output_head
+from lightning_ft.objectives.base import Objective, Terms
 
-FLAG = "--model.distillation"
+FLAG = "--model.objective"
 
 
-@dataclass(frozen=True)
-class Distillation:
-    """Train the student on a frozen teacher's predictions as well as on the labels.
+@dataclass
+class Distillation(Objective):
+    """Train the student on a frozen teacher's predictions as well as on the labels. The training loss mixes both;
+    val_loss stays the plain cross-entropy (comparable with runs without a teacher) and val_kd is the KL to the
+    teacher at temperature 1.
 
     Attributes:
         teacher: Hugging Face model directory or hub id of the teacher, for the same task, with the student's
@@ -44,9 +45,10 @@ class Distillation:
     alpha: float = 0.5
     dtype: DType | None = None
 
-    def check(self) -> None:
-        """Reject bad settings (the module calls this: an error raised while jsonargparse builds the dataclass of
-        an optional argument would reach the user as its multi-line report of the union's types)."""
+    eval_logged = ("kd",)
+    loss_is_nll = True  # at evaluation the loss is the plain cross-entropy
+
+    def check(self, task: Task) -> None:
         try:
             check_model_source(self.teacher)
         except UserError:
@@ -56,9 +58,34 @@ class Distillation:
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"{FLAG}.alpha must be in [0, 1], got {self.alpha}")
 
+    def configure(self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool) -> None:
+        teacher = load_teacher(
+            self, policy.model, tokenizer, policy.task, dtype=self.dtype or dtype, trust_remote_code=trust_remote_code
+        )
+        # In a tuple, and no field: the teacher stays out of hyperparameters, checkpoints, parameter counts, the
+        # optimizer and train()/eval() switches, and does not move with the module (terms moves it).
+        self._teacher = (Forward(teacher, policy.task),)
 
-class DistillationTerms(NamedTuple):
-    """Sums over the counted label tokens (examples); the module divides by the count it weights batches with."""
+    def terms(self, policy: Forward, batch: dict, training: bool) -> Terms:
+        """Training: the mixed loss at temperature T, logging both parts; evaluation: the cross-entropy, logging
+        the KL as it is (temperature 1)."""
+        student, labels = policy.label_logits(batch)
+        (teacher,) = self._teacher
+        if next(teacher.model.parameters()).device != student.device:
+            teacher.model.to(student.device)
+        with torch.no_grad():  # in the step's autocast, like the student
+            teacher_logits, _ = teacher.label_logits(batch)
+        temperature = self.temperature if training else 1.0
+        sums = distillation_loss(student, teacher_logits, labels, temperature, self.alpha)
+        count = max(sums.count, 1)
+        logits = student if policy.task == "sequence_classification" else None
+        if training:
+            return Terms(sums.loss / count, sums.count, {"kd_loss": sums.kd / count, "ce_loss": sums.ce / count})
+        return Terms(sums.ce / count, sums.count, {"kd": sums.kd / count}, logits)
+
+
+class DistillationSums(NamedTuple):
+    """Sums over the counted label tokens (examples)."""
 
     loss: torch.Tensor  # alpha * kd + (1 - alpha) * ce
     kd: torch.Tensor  # T^2 * KL(teacher || student) at temperature T
@@ -68,7 +95,7 @@ class DistillationTerms(NamedTuple):
 
 def distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
-) -> DistillationTerms:
+) -> DistillationSums:
     """The mixed loss over the positions whose label is not IGNORE_INDEX (logits already aligned with labels), in fp32.
 
     Vocabularies padded past the tokenizer (load_teacher has checked that only padding differs) are compared over
@@ -81,27 +108,7 @@ def distillation_loss(
     log_student = F.log_softmax(student[:, :width] / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher[:, :width] / temperature, dim=-1)
     kd = F.kl_div(log_student, log_teacher, log_target=True, reduction="sum") * temperature**2
-    return DistillationTerms(alpha * kd + (1 - alpha) * ce, kd, ce, int(mask.sum()))
-
-
-def label_logits(
-    model: nn.Module, inputs: dict, labels: torch.Tensor, task: Task, hidden_states: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A causal LM's next-token logits at its label positions (label tokens x vocab) with those labels, or a
-    classifier's logits (batch x classes) with its labels.
-
-    With `hidden_states` and a plain output head (loss.py), only the label positions are projected onto the
-    vocabulary: with response-only labels, a fraction of the full (tokens x vocab) logits of the model's forward.
-    Not chunked like loss.py's cross-entropy: the KL needs both models' whole distributions at once.
-    """
-    if task == "sequence_classification":
-        return model(**inputs).logits, labels
-    labels = labels[:, 1:]  # position t predicts token t + 1
-    mask = labels != IGNORE_INDEX
-    head = hidden_states and plain_output_head(model)
-    if head:
-        return head(backbone(model)(**inputs).last_hidden_state[:, :-1][mask]), labels[mask]
-    return model(**inputs).logits[:, :-1][mask], labels[mask]
+    return DistillationSums(alpha * kd + (1 - alpha) * ce, kd, ce, int(mask.sum()))
 
 
 def load_teacher(
@@ -143,7 +150,7 @@ def load_teacher(
     teacher = load_model(
         settings.teacher,
         task,
-        dtype=settings.dtype or dtype,
+        dtype=dtype,
         num_labels=num_labels,
         pad_token_id=student_tokenizer.pad_token_id,
         trust_remote_code=trust_remote_code,
