@@ -46,6 +46,18 @@ def instruction_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def preference_rows(n: int, seed: int) -> list[dict]:
+    """A prompt to reverse three words; chosen: reversed, rejected: another order of them."""
+    rng = random.Random(seed)
+    rows = {}
+    while len(rows) < n:  # distinct prompts: no pair is a duplicate the quality rules would drop
+        words = rng.sample(WORDS, 3)
+        wrong = [words[1], words[0], words[2]] if rng.random() < 0.5 else [words[0], words[2], words[1]]
+        prompt = f"Reverse the words: {' '.join(words)}\nAnswer:"
+        rows[prompt] = {"prompt": prompt, "chosen": " " + " ".join(words[::-1]), "rejected": " " + " ".join(wrong)}
+    return list(rows.values())
+
+
 def classification_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
@@ -63,6 +75,8 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "val.jsonl", instruction_rows(8, seed=1))
     write_jsonl(root / "cls_train.jsonl", classification_rows(32, seed=2))
     write_jsonl(root / "cls_val.jsonl", classification_rows(8, seed=3))
+    write_jsonl(root / "pref_train.jsonl", preference_rows(32, seed=4))
+    write_jsonl(root / "pref_val.jsonl", preference_rows(8, seed=5))
     return root
 
 

@@ -17,7 +17,7 @@ from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.data import FineTuneDataModule
 from lightning_ft.data.batching import PackedDataset, StepBatchSampler, WithStepTerms, collate, pack, padding_waste
 from lightning_ft.data.formats import Chat, Classification, EncodeContext, Instruction, Text
-from lightning_ft.data.pipeline import TokenRules, finish_example
+from lightning_ft.data.formats.base import TokenRules, finish_example
 from lightning_ft.data.quality import QualityRules
 from lightning_ft.data.sources import read_records
 from lightning_ft.data.splits import SplitSpec

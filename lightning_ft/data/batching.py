@@ -170,7 +170,8 @@ def rows_per_batch(batch_size: int, rows: int, examples: int) -> int:
 
 
 class PackedDataset(Dataset):
-    """Rows of several tokenized examples, concatenated, with per-example position ids."""
+    """Rows of several tokenized examples, concatenated, with position ids restarting for each sequence (an example
+    of several, a preference pair, keeps its sequences apart and numbers them on through the row)."""
 
     def __init__(self, examples, rows: list[list[int]]) -> None:
         self.examples = examples
@@ -180,13 +181,23 @@ class PackedDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        input_ids, labels, position_ids = [], [], []
+        input_ids, labels, sequence = [], [], []
         for example_index in self.rows[index]:
             example = self.examples[example_index]
             input_ids += example["input_ids"]
             labels += [IGNORE_INDEX] + example["labels"][1:]
-            position_ids += range(len(example["input_ids"]))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+            first = sequence[-1] + 1 if sequence else 0
+            sequence += [first + s for s in example.get("sequence") or [0] * len(example["input_ids"])]
+        row = {"input_ids": input_ids, "labels": labels, "position_ids": positions(sequence)}
+        return row | ({"sequence": sequence} if "sequence" in example else {})
+
+
+def positions(sequence: list[int]) -> list[int]:
+    """Position ids restarting at 0 wherever the sequence number changes."""
+    ids = []
+    for index, number in enumerate(sequence):
+        ids.append(ids[-1] + 1 if index and number == sequence[index - 1] else 0)
+    return ids
 
 
 def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
@@ -194,9 +205,20 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
 
     Packed rows carry position_ids and get no attention mask (that is what makes transformers build the
     block-diagonal mask); their padding is one more "example" with its own positions and no labels.
+
+    Examples of several sequences (preference pairs: chosen, rejected) number them across the batch in
+    `sequence_ids` (-1 for padding), the k-th example's s-th sequence being number k * S + s: objectives sum
+    log-probs per sequence by them. Packed, a row holds whole examples; unpacked, each sequence gets a row of its
+    own, the batch's first sequences first (TRL's layout: every chosen, then every rejected).
+
     Hand-written rather than transformers' collators: those need one class for token labels and another for
     class ids, and none produces the packed layout.
     """
+    given = examples
+    if "sequence" in examples[0]:
+        examples = number_sequences(examples)
+        if "position_ids" not in examples[0]:
+            examples = one_row_per_sequence(examples)
     width = max(len(e["input_ids"]) for e in examples)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -206,6 +228,8 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
         batch["position_ids"] = torch.zeros((len(examples), width), dtype=torch.long)
     else:
         batch["attention_mask"] = torch.zeros((len(examples), width), dtype=torch.long)
+    if "sequence" in examples[0]:
+        batch["sequence_ids"] = torch.full((len(examples), width), -1, dtype=torch.long)
     token_labels = isinstance(examples[0]["labels"], list)
     if token_labels:
         batch["labels"] = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -219,13 +243,37 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
             batch["position_ids"][row, n:] = torch.arange(width - n)
         else:
             batch["attention_mask"][row, :n] = 1
+        if "sequence_ids" in batch:
+            batch["sequence_ids"][row, :n] = torch.tensor(example["sequence"])
     if not token_labels:
         batch["labels"] = torch.tensor([e["labels"] for e in examples])
-    if "step_terms" in examples[0]:
-        batch["step_terms"] = torch.tensor(examples[0]["step_terms"])
-        batch["example_ids"] = torch.tensor([i for e in examples for i in e["example_ids"]], dtype=torch.long)
-    batch["num_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in examples))  # real tokens: throughput counts
+    if "step_terms" in given[0]:
+        batch["step_terms"] = torch.tensor(given[0]["step_terms"])
+        batch["example_ids"] = torch.tensor([i for e in given for i in e["example_ids"]], dtype=torch.long)
+    batch["num_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in given))  # real tokens: throughput counts
     return batch
+
+
+def number_sequences(examples: list[dict]) -> list[dict]:
+    """Each example's sequences numbered on from the previous example's: k * S + s when each holds S."""
+    numbered, first = [], 0
+    for example in examples:
+        numbered.append({**example, "sequence": [first + s for s in example["sequence"]]})
+        first = numbered[-1]["sequence"][-1] + 1
+    return numbered
+
+
+def one_row_per_sequence(examples: list[dict]) -> list[dict]:
+    """Every sequence of every example as a row of its own: each example's first sequences, then their second..."""
+    rows: dict[int, list[dict]] = {}  # by the sequence's place in its example
+    for example in examples:
+        sequence, start = example["sequence"], 0
+        for end in range(1, len(sequence) + 1):
+            if end == len(sequence) or sequence[end] != sequence[start]:
+                piece = {key: example[key][start:end] for key in ("input_ids", "labels", "sequence")}
+                rows.setdefault(sequence[start] - sequence[0], []).append(piece)
+                start = end
+    return [row for place in sorted(rows) for row in rows[place]]
 
 
 def padding_waste(lengths: Sequence[int], batch_size: int, max_length: int, seed: int) -> dict[str, float]:

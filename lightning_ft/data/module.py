@@ -24,11 +24,10 @@ from lightning_ft.data.batching import (
     padding_waste,
     rows_per_batch,
 )
-from lightning_ft.data.formats import DataFormat, EncodeContext, resolve_format
+from lightning_ft.data.formats import DataFormat, EncodeContext, TokenRules, resolve_format
 from lightning_ft.data.pipeline import (
     DatasetCache,
     PipelineSettings,
-    TokenRules,
     build,
 )
 from lightning_ft.data.quality import QualityRules
@@ -45,14 +44,14 @@ class FineTuneDataModule(LightningDataModule):
     """Reads train / val / test data in one format, cleans and tokenizes it once (cached), serves batches.
 
     Args:
-        format: "text", "instruction", "chat" or "classification", or a format object with its own settings
-            (class_path + init_args: field names, prompt or chat template).
+        format: "text", "instruction", "chat", "classification" or "preference", or a format object with its own
+            settings (class_path + init_args: field names, prompt or chat template).
         train_path / val_path / test_path: a file (.jsonl, .json, .csv, .tsv, .parquet, .txt; .gz/.bz2 too), a
             folder from datasets' save_to_disk, a hub dataset name (online only), or {label: file} (one label
             per file). val and test are optional; `split` can carve them out of the training file instead.
         tokenizer: tokenizer directory or hub id (set from --model.model_name_or_path).
         labels / num_labels: classes for classification (set from --model.labels / --model.num_labels).
-        max_length: tokens per example (per row when packing).
+        max_length: tokens per sequence (a preference pair has two); a packed row holds as many as an example.
         min_length: examples with fewer tokens are dropped (counted), e.g. to skip near-empty documents.
         overlong: "truncate" examples over max_length, or "drop" them; either way they are counted.
         truncation_side: "right" keeps the beginning, "left" keeps the end.
@@ -213,11 +212,21 @@ class FineTuneDataModule(LightningDataModule):
             for warning in entry["warnings"]:
                 rank_zero_warn(f"{entry['source']}: {warning}")
         lengths = list(tokenized["train"]["length"])  # a plain list: indexing a datasets Column is slow
-        waste = padding_waste(lengths, self.batch_size, self.token_rules.max_length, self.seed)
+        waste = padding_waste(lengths, self.batch_size, self.row_length, self.seed)
         report["train"]["padding_waste"] = waste
-        return report | {"batching": self.batching}
+        return report | {"batching": self.batching, "unit": self.format.unit}
 
     # -- batches ---------------------------------------------------------------------------------------------
+
+    @property
+    def row_length(self) -> int:
+        """Tokens a packed row holds: max_length per sequence, as many sequences as an example has (a pair: 2)."""
+        return self.token_rules.max_length * self.format.sequences_per_example
+
+    def model_columns(self, name: str) -> datasets.Dataset:
+        """A split's columns that batches are made of."""
+        split = self.datasets[name]
+        return split.select_columns([c for c in ("input_ids", "labels", "sequence") if c in split.column_names])
 
     def _collate(self):
         pad = self.get_tokenizer().pad_token_id
@@ -226,11 +235,11 @@ class FineTuneDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Batches of this process's share of each optimizer step, each carrying the step's loss-term total."""
         train = self.datasets["train"]
-        data, terms, order = train.select_columns(["input_ids", "labels"]), list(train["terms"]), None
+        data, terms, order = self.model_columns("train"), list(train["terms"]), None
         lengths = list(train["length"])  # plain lists: indexing a datasets Column is slow
         batch_size = self.batch_size
         if self.batching == "pack":
-            rows = pack(lengths, self.token_rules.max_length, self.seed)
+            rows = pack(lengths, self.row_length, self.seed)
             data, terms = PackedDataset(data, rows), [sum(terms[i] for i in row) for row in rows]
             batch_size = rows_per_batch(self.batch_size, len(rows), len(lengths))
             rank_zero_info(f"data: {len(lengths)} examples packed into {len(rows)} rows, {batch_size} a batch")
@@ -262,7 +271,7 @@ class FineTuneDataModule(LightningDataModule):
         )
 
     def eval_loader(self, name: str) -> DataLoader:
-        data = self.datasets[name].select_columns(["input_ids", "labels"])
+        data = self.model_columns(name)
         # Under DDP, Lightning's default sampler pads the eval set with repeats so every process gets as many
         # examples, and metrics count those twice; this one splits it exactly (process batch counts may differ by
         # one, which evaluation tolerates: DDP syncs buffers only on the first no-grad forward).

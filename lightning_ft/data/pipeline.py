@@ -17,8 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from lightning_ft.constants import IGNORE_INDEX
-from lightning_ft.data.formats import DataFormat, EncodeContext
+from lightning_ft.data.formats import DataFormat, EncodeContext, TokenRules
 from lightning_ft.data.quality import QualityReport, QualityRules, clean, label_distribution, rebalance, remove_leaks
 from lightning_ft.data.sources import NumberedRecord, Source, fingerprint, read_records
 from lightning_ft.data.splits import SplitSpec, carve
@@ -27,18 +26,8 @@ from lightning_ft.files import staged_folder
 from lightning_ft.interrupts import quiet_workers_on_ctrl_c
 
 SPLITS = ("train", "val", "test")
-TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens")
+TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens", "identical_pair")
 PIPELINE_VERSION = 5  # bump when a change here alters what a cached dataset would hold
-
-
-@dataclass
-class TokenRules:
-    """What happens to examples after the format tokenized them."""
-
-    max_length: int
-    overlong: str = "truncate"  # "truncate" or "drop" examples longer than max_length
-    truncation_side: str = "right"  # which end loses tokens on truncation
-    min_length: int = 0  # examples shorter than this many tokens are dropped
 
 
 @dataclass(frozen=True)
@@ -189,27 +178,6 @@ def data_warnings(
     return warnings
 
 
-def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
-    """Apply the length rule and check a label is left; returns the example (or None) and what happened."""
-    ids, labels = example["input_ids"], example["labels"]
-    status = "kept"
-    if len(ids) < rules.min_length:
-        return None, "too_short"
-    if len(ids) > rules.max_length:
-        if rules.overlong == "drop":
-            return None, "overlong_dropped"
-        cut = (
-            slice(0, rules.max_length) if rules.truncation_side == "right" else slice(len(ids) - rules.max_length, None)
-        )
-        ids = ids[cut]
-        labels = labels[cut] if isinstance(labels, list) else labels
-        status = "truncated"
-    # The first token is never predicted (nothing precedes it), so it cannot carry the only label.
-    if isinstance(labels, list) and all(t == IGNORE_INDEX for t in labels[1:]):
-        return None, "no_label_tokens"
-    return {"input_ids": ids, "labels": labels}, status
-
-
 def tokenize(
     records: dict[str, list[NumberedRecord]], settings: PipelineSettings, num_proc: int | None
 ) -> tuple[datasets.DatasetDict, dict[str, dict[str, int]]]:
@@ -221,15 +189,15 @@ def tokenize(
         def encode(row: dict, split=split, origin=settings.origin(name), held_out=name != "train") -> dict:
             line, record = split[row["index"]]
             try:
-                example, status = finish_example(fmt.encode(record, ctx), rules)
+                example, status = fmt.finish(fmt.encode(record, ctx), rules)
                 # Held-out examples keep their prompt and reference for generation metrics.
                 generation = fmt.generation_example(record, ctx.tokenizer) if held_out else None
             except UserError as err:
                 raise UserError(f"{origin}:{line}: {err}") from err
-            example = example or {"input_ids": [], "labels": [] if fmt.task == "causal_lm" else -1}
+            example = example or fmt.empty_example()
             if held_out:  # every row has the columns (datasets needs one schema); "" means no generation example
                 example |= generation or {"prompt": "", "prompt_ids": [], "reference": ""}
-            terms = loss_terms(example["labels"])
+            terms = fmt.loss_terms(example)
             return {**example, "length": len(example["input_ids"]), "terms": terms, "status": status, "line": line}
 
         processes = num_proc if num_proc is not None else (os.cpu_count() if len(split) > 20_000 else None)
@@ -265,12 +233,6 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if enabled:
             datasets.enable_progress_bars()
-
-
-def loss_terms(labels) -> int:
-    """How many terms an example adds to the loss: label tokens after the first (which nothing predicts), or one
-    class label."""
-    return sum(1 for token in labels[1:] if token != IGNORE_INDEX) if isinstance(labels, list) else 1
 
 
 def length_summary(lengths: list[int]) -> dict[str, float]:

@@ -23,16 +23,16 @@ def print_report(report: dict, console: Console | None = None) -> None:
     kept = any(report[name]["quality"].get("pii_kept") for name in splits)  # scrub_pii off: found, not replaced
     what = "PII found and kept" if kept else "PII replaced"
     steps += [(f"{what}: {kind}", lambda e, k=kind: e["quality"]["pii"].get(k, 0)) for kind in pii]
-    steps += [
-        (f"tokens: {status}", lambda e, s=status: e["tokens"][s])
-        for status in ("truncated", "too_short", "overlong_dropped", "no_label_tokens")
-    ]
-    steps += [("examples kept", lambda e: e["examples"])]
+    statuses = ["truncated", "too_short", "overlong_dropped", "no_label_tokens"]
+    statuses += [s for s in report[splits[0]]["tokens"] if s not in statuses + ["kept"] and any_count(report, s)]
+    steps += [(f"tokens: {status}", lambda e, s=status: e["tokens"].get(s, 0)) for status in statuses]
+    unit = report.get("unit", "examples")  # preference data: pairs
+    steps += [(f"{unit} kept", lambda e: e["examples"])]
     for label, value in steps:
         rows.add_row(label, *(f"{value(report[name]):,}" for name in splits))
     console.print(rows)
 
-    lengths = Table(title="tokens per example")
+    lengths = Table(title=f"tokens per {unit.removesuffix('s')}")
     lengths.add_column("split")
     keys = ("mean", "p50", "p90", "p99", "max", "tokens")
     for key in keys:
@@ -58,3 +58,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
             table.add_column(key, justify="right")
         table.add_row(*(f"{value:.1%}" for value in waste.values()))
         console.print(table)
+
+
+def any_count(report: dict, status: str) -> bool:
+    """Whether any split counts examples of this token status (the rarer ones show only then)."""
+    return any(entry["tokens"].get(status) for name, entry in report.items() if name in ("train", "val", "test"))

@@ -1,9 +1,10 @@
 """Data formats by name. Adding one: a new file with a `DataFormat` subclass, plus one line in FORMATS."""
 
-from lightning_ft.data.formats.base import IGNORE_INDEX, DataFormat, EncodeContext
+from lightning_ft.data.formats.base import IGNORE_INDEX, DataFormat, EncodeContext, TokenRules
 from lightning_ft.data.formats.chat import Chat
 from lightning_ft.data.formats.classification import Classification
 from lightning_ft.data.formats.instruction import Instruction
+from lightning_ft.data.formats.preference import Preference
 from lightning_ft.data.formats.text import Text
 from lightning_ft.errors import UserError
 
@@ -12,6 +13,7 @@ FORMATS: dict[str, type[DataFormat]] = {
     "instruction": Instruction,
     "chat": Chat,
     "classification": Classification,
+    "preference": Preference,
 }
 
 
@@ -32,6 +34,8 @@ __all__ = [
     "DataFormat",
     "EncodeContext",
     "Instruction",
+    "Preference",
     "Text",
+    "TokenRules",
     "resolve_format",
 ]

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_ft.constants import IGNORE_INDEX
 from lightning_ft.errors import UserError
 
-__all__ = ["IGNORE_INDEX", "DataFormat", "EncodeContext", "encode_segments", "field"]
+__all__ = ["IGNORE_INDEX", "DataFormat", "EncodeContext", "TokenRules", "encode_segments", "field", "finish_example"]
 
 
 @dataclass
@@ -26,6 +26,16 @@ class EncodeContext:
     train_on_inputs: bool = False  # loss on prompt tokens too, not only on responses
 
 
+@dataclass
+class TokenRules:
+    """What happens to examples after the format tokenized them."""
+
+    max_length: int  # tokens per sequence
+    overlong: str = "truncate"  # "truncate" or "drop" examples longer than max_length
+    truncation_side: str = "right"  # which end loses tokens on truncation
+    min_length: int = 0  # examples shorter than this many tokens are dropped
+
+
 class DataFormat(ABC):
     """Turns a record (a dict read from a data file) into `input_ids` and `labels`; subclasses are dataclasses.
 
@@ -34,6 +44,10 @@ class DataFormat(ABC):
 
     #: The model task this format trains: "causal_lm" or "sequence_classification".
     task: ClassVar[str]
+    #: Sequences in one example (a preference pair has two, each up to max_length): what a packed row holds.
+    sequences_per_example: ClassVar[int] = 1
+    #: What reports call the examples.
+    unit: ClassVar[str] = "examples"
 
     @abstractmethod
     def text_fields(self) -> list[str]:
@@ -52,6 +66,21 @@ class DataFormat(ABC):
     @abstractmethod
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         """{"input_ids": [...], "labels": [...] or int}; raise UserError naming the field on bad input."""
+
+    def finish(self, encoded: dict, rules: TokenRules) -> tuple[dict | None, str]:
+        """The example `encode` gave after the token rules (or None when they drop it), and what they did: one of
+        the pipeline's TOKEN_STATUSES."""
+        return finish_example(encoded, rules)
+
+    def empty_example(self) -> dict:
+        """The columns of an example, empty: what a dropped one holds (datasets needs one schema)."""
+        return {"input_ids": [], "labels": [] if self.task == "causal_lm" else -1}
+
+    def loss_terms(self, example: dict) -> int:
+        """How many terms an example adds to the loss: label tokens after the first (which nothing predicts), or
+        one class label. The module divides an optimizer step's summed loss by their total."""
+        labels = example["labels"]
+        return sum(1 for token in labels[1:] if token != IGNORE_INDEX) if isinstance(labels, list) else 1
 
     def generation_example(self, record: dict, tokenizer) -> dict | None:
         """{"prompt", "prompt_ids", "reference"} for generation metrics: the prompt tokenized exactly as in
@@ -89,3 +118,24 @@ def encode_segments(segments: list[tuple[str, bool]], ctx: EncodeContext) -> dic
     input_ids.append(tokenizer.eos_token_id)
     labels.append(tokenizer.eos_token_id)
     return {"input_ids": input_ids, "labels": labels}
+
+
+def finish_example(example: dict, rules: TokenRules) -> tuple[dict | None, str]:
+    """Apply the length rule and check a label is left; returns the example (or None) and what happened."""
+    ids, labels = example["input_ids"], example["labels"]
+    status = "kept"
+    if len(ids) < rules.min_length:
+        return None, "too_short"
+    if len(ids) > rules.max_length:
+        if rules.overlong == "drop":
+            return None, "overlong_dropped"
+        cut = (
+            slice(0, rules.max_length) if rules.truncation_side == "right" else slice(len(ids) - rules.max_length, None)
+        )
+        ids = ids[cut]
+        labels = labels[cut] if isinstance(labels, list) else labels
+        status = "truncated"
+    # The first token is never predicted (nothing precedes it), so it cannot carry the only label.
+    if isinstance(labels, list) and all(t == IGNORE_INDEX for t in labels[1:]):
+        return None, "no_label_tokens"
+    return {"input_ids": ids, "labels": labels}, status

@@ -61,24 +61,7 @@ class Chat(DataFormat):
         if not isinstance(turns, list) or not turns:
             fields = ", ".join(sorted(record)) or "none"
             raise UserError(f"field '{name}' is missing or not a list of turns (fields there: {fields})")
-        messages = []
-        for number, turn in enumerate(turns, start=1):
-            if not isinstance(turn, dict):
-                raise UserError(
-                    f"field '{name}' turn {number}: expected an object with role and content, got "
-                    f"{type(turn).__name__} {json.dumps(turn)[:40]}"
-                )
-            role = turn.get("role") or SHAREGPT_ROLES.get(turn.get("from"), turn.get("from"))
-            content = turn.get("content", turn.get("value"))
-            if not isinstance(role, str) or not isinstance(content, str):
-                raise UserError(f"field '{name}' turn {number}: needs role/content or from/value text, got {turn}")
-            if role not in KNOWN_ROLES and role not in self.trained_roles:
-                raise UserError(
-                    f"field '{name}' turn {number}: unknown role '{role}' (known: {', '.join(KNOWN_ROLES)}; "
-                    "ShareGPT's human, gpt, function_call, observation)"
-                )
-            messages.append({"role": role, "content": content})
-        return messages
+        return read_turns(turns, name, self.trained_roles)
 
     def tools(self, record: dict):
         tools = record.get(self.tools_field) if self.tools_field else None
@@ -91,7 +74,11 @@ class Chat(DataFormat):
 
     def renderer(self, record: dict, tokenizer):
         """The record's turns, and a function rendering some of them as the model sees them."""
-        messages, tools = self.messages(record), self.tools(record)
+        return self.messages(record), self.render_function(record, tokenizer)
+
+    def render_function(self, record: dict, tokenizer):
+        """A function rendering turns as the model sees them, with the record's tools."""
+        tools = self.tools(record)
         template = self.chat_template or tokenizer.chat_template or BUILTIN_TEMPLATE
 
         def render(turns: list[dict], generation_prompt: bool) -> str:
@@ -99,7 +86,7 @@ class Chat(DataFormat):
                 turns, chat_template=template, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
             )
 
-        return messages, render
+        return render
 
     def generation_example(self, record: dict, tokenizer) -> dict | None:
         """The conversation up to its last assistant turn (with the assistant header), and that turn."""
@@ -134,3 +121,25 @@ class Chat(DataFormat):
             for token, (begin, _) in zip(input_ids, encoded["offset_mapping"])
         ]
         return {"input_ids": input_ids, "labels": labels}
+
+
+def read_turns(turns: list, name: str, trained_roles=("assistant",)) -> list[dict]:
+    """Turns of field `name` as [{"role", "content"}], from role/content or ShareGPT's from/value."""
+    messages = []
+    for number, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise UserError(
+                f"field '{name}' turn {number}: expected an object with role and content, got "
+                f"{type(turn).__name__} {json.dumps(turn)[:40]}"
+            )
+        role = turn.get("role") or SHAREGPT_ROLES.get(turn.get("from"), turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise UserError(f"field '{name}' turn {number}: needs role/content or from/value text, got {turn}")
+        if role not in KNOWN_ROLES and role not in trained_roles:
+            raise UserError(
+                f"field '{name}' turn {number}: unknown role '{role}' (known: {', '.join(KNOWN_ROLES)}; "
+                "ShareGPT's human, gpt, function_call, observation)"
+            )
+        messages.append({"role": role, "content": content})
+    return messages
