@@ -7,6 +7,9 @@ know the adaptation method nor the model's anatomy.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +32,7 @@ class Forward:
         hidden_states: whether the loss may come from the backbone's hidden states (loss.py); False when a wrapper
             changes the model's forward itself (prefix tuning feeds past key values).
         packing: whether packed rows, told apart only by position ids, keep their examples apart in this model.
+        context: a context every pass runs in (a reference: the policy with its adapters off, and no gradients).
     """
 
     model: nn.Module
@@ -36,6 +40,13 @@ class Forward:
     name: str = "the model"
     hidden_states: bool = True
     packing: bool = True
+    context: Callable[[], AbstractContextManager] = contextlib.nullcontext
+
+    def follow(self, batch: dict) -> None:
+        """Move the model to the batch's device (a frozen model the module does not hold moves with its batches)."""
+        device = batch["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
 
     def inputs(self, batch: dict) -> dict:
         position_ids, attention_mask = batch.get("position_ids"), batch.get("attention_mask")
@@ -47,7 +58,13 @@ class Forward:
         return {**inputs, "use_cache": False}
 
     def logits(self, batch: dict) -> torch.Tensor:
-        return self.model(**self.inputs(batch)).logits
+        with self.context():
+            return self.model(**self.inputs(batch)).logits
+
+    def hidden(self, batch: dict) -> torch.Tensor:
+        """The backbone's last hidden states (batch x tokens x hidden), before the output head."""
+        with self.context():
+            return backbone(self.model)(**self.inputs(batch)).last_hidden_state
 
     def cross_entropy(self, batch: dict) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the label tokens (causal LM) or examples (classification), and their count.
@@ -61,8 +78,7 @@ class Forward:
         head = self.hidden_states and plain_output_head(self.model)
         if not head:  # prefix tuning prepends no logits: shift so position t predicts token t + 1
             return plain_cross_entropy(self.logits(batch)[:, :-1], labels[:, 1:])
-        hidden = backbone(self.model)(**self.inputs(batch)).last_hidden_state
-        return head_cross_entropy(hidden[:, :-1], head, labels[:, 1:])
+        return head_cross_entropy(self.hidden(batch)[:, :-1], head, labels[:, 1:])
 
     def label_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """A causal LM's next-token logits at its label positions (label tokens x vocab) with those labels, or a
@@ -77,6 +93,14 @@ class Forward:
         labels = batch["labels"][:, 1:]  # position t predicts token t + 1
         mask = labels != IGNORE_INDEX
         head = self.hidden_states and plain_output_head(self.model)
-        if head:
-            return head(backbone(self.model)(**self.inputs(batch)).last_hidden_state[:, :-1][mask]), labels[mask]
+        if head:  # a plain Linear (no adapter of its own): only the backbone runs in the context
+            return head(self.hidden(batch)[:, :-1][mask]), labels[mask]
         return self.logits(batch)[:, :-1][mask], labels[mask]
+
+    def label_logps(self, batch: dict) -> torch.Tensor:
+        """The log-probability of each label token, in fp32 (batch x tokens - 1, aligned with labels[:, 1:]), 0
+        where there is no label."""
+        logits, targets = self.label_logits(batch)
+        logps = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        return torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import deepcopy as copy_module
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -122,7 +124,10 @@ class FineTuneModule(LightningModule):
             for _, block in transformer_blocks(self.model):
                 block.compile()
         frozen_dtype = "bfloat16" if self.bf16_compute else "float32"  # no fp32 updates to keep
-        self.objective.configure(self.policy, tokenizer, dtype=frozen_dtype, trust_remote_code=h.trust_remote_code)
+        reference = self.reference(frozen_dtype) if self.objective.needs_reference else None
+        self.objective.configure(
+            self.policy, tokenizer, dtype=frozen_dtype, trust_remote_code=h.trust_remote_code, reference=reference
+        )
 
     def default_dtype(self) -> str:
         return "bfloat16" if self.bf16_compute and not self.method.saves_full_model else "float32"
@@ -145,6 +150,15 @@ class FineTuneModule(LightningModule):
             hidden_states=method.hidden_state_loss,
             packing=method.supports_packing,
         )
+
+    def reference(self, dtype: str) -> Forward:
+        """The policy as it is now (before training), for objectives that compare against it: the policy itself
+        with its adapters off, or, when the method trains the base weights, a frozen copy (in `dtype`)."""
+        if self.method.adapters_off(self.model) is not None:
+            return replace(self.policy, context=lambda: self.method.adapters_off(self.model))
+        copy = copy_module(self.model).to(getattr(torch, dtype)).requires_grad_(False).eval()
+        # Not a submodule (in a Forward, not an attribute): it stays out of checkpoints, counts and the optimizer.
+        return replace(self.policy, model=copy)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """The training loss of a batch and what it is a mean over (label tokens, examples, pairs)."""

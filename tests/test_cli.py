@@ -40,13 +40,16 @@ RECIPE_RUNS = [(c, "classification" in c.stem) for c in CONFIGS] + [(ROOT / "con
     ids=[c.stem + ("-as-classifier" * (k and "classification" not in c.stem)) for c, k in RECIPE_RUNS],
 )
 def test_every_shipped_config_fits_two_steps(
-    cli, fit_args, tiny_model, tmp_path, caplog, capsys, config, classification
+    cli, fit_args, tiny_model, data_dir, tmp_path, caplog, capsys, config, classification
 ):
     """Each recipe with the contract flags; lora.yaml also turned into a classifier by flags alone."""
     run_dir = tmp_path / config.stem
     # The recipes' teacher is a hub model; here the tiny model teaches itself (same tokenizer, as it must be).
-    teacher = ["--model.objective.teacher", str(tiny_model)] if config.stem == "distill" else []
-    args = fit_args("--data.num_workers", "0", *teacher, run_dir=run_dir, classification=classification)
+    extra = ["--model.objective.teacher", str(tiny_model)] if config.stem == "distill" else []
+    if config.stem == "dpo":  # on pairs; its one epoch is one packed batch of the 32 test pairs: take two
+        pairs = [str(data_dir / "pref_train.jsonl"), str(data_dir / "pref_val.jsonl")]
+        extra = ["--data.train_path", pairs[0], "--data.val_path", pairs[1], "--trainer.max_epochs", "2"]
+    args = fit_args("--data.num_workers", "0", *extra, run_dir=run_dir, classification=classification)
     caplog.set_level("INFO")
     assert cli(["fit", "--config", str(config), *args[1:]]) == 0
     assert re.search(r"trainable: [\d,]+ / [\d,]+ \(\d+\.\d\d%\)  \w+\(", caplog.text)

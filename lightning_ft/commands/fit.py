@@ -191,9 +191,15 @@ class FineTuneCLI(LightningCLI):
             for callback in self.trainer.callbacks:
                 if isinstance(callback, ModelCheckpoint):
                     callback.monitor = None
-        wanted = self.datamodule.format.task
+        data_format, objective = self.datamodule.format, self.model.objective
+        wanted = data_format.task
         if wanted != self.model.hparams.task:
-            raise UserError(f"--data.format {type(self.datamodule.format).__name__} needs --model.task {wanted}")
+            raise UserError(f"--data.format {type(data_format).__name__} needs --model.task {wanted}")
+        if objective.unit != data_format.unit:  # e.g. cross-entropy on pairs would train on the rejected answers too
+            raise UserError(
+                f"--model.objective {type(objective).__name__} trains on {objective.unit}; --data.format "
+                f"{type(data_format).__name__} holds {data_format.unit}"
+            )
         if self.datamodule.batching == "pack" and not self.model.method.supports_packing:
             raise UserError(
                 f"{type(self.model.method).__name__} cannot train on packed rows (examples would attend "

@@ -14,6 +14,7 @@ Methods import peft inside the functions that use it: peft imports bitsandbytes,
 
 import importlib
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import ClassVar
 
@@ -86,6 +87,13 @@ class Method(ABC):
         if missing or unexpected:
             raise UserError(f"{self} weights do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.load_state_dict(state, strict=False)
+
+    def adapters_off(self, model: nn.Module) -> AbstractContextManager | None:
+        """A context in which `model` computes as its base model does (what preference objectives compare against,
+        with no second copy of the model), or None when the method trains the base weights themselves."""
+        from peft import PeftModel
+
+        return model.disable_adapter() if isinstance(model, PeftModel) else None
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the trained weights into plain base weights and return the plain model (when `can_merge`)."""

@@ -7,6 +7,8 @@ down_proj, ...) through a forward hook, so the base weights keep their names and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +33,7 @@ class Adapter(nn.Module):
         self.act = ACTIVATIONS[non_linearity]()
         self.up = nn.Linear(bottleneck, features)
         self.residual = residual
+        self.enabled = True  # False: the layer's output passes unchanged (the base model's)
         nn.init.normal_(self.down.weight, std=init_std)
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
@@ -42,7 +45,7 @@ class Adapter(nn.Module):
 
 
 def _run_adapter(module: nn.Module, args, output):
-    return module.adapter(output)
+    return module.adapter(output) if module.adapter.enabled else output
 
 
 @dataclass
@@ -99,6 +102,17 @@ class BottleneckAdapter(Method):
         if task == "sequence_classification":
             unfreeze_classifier_head(model)
         return model
+
+    @contextlib.contextmanager
+    def adapters_off(self, model: nn.Module) -> Iterator[None]:
+        adapters = [module for module in model.modules() if isinstance(module, Adapter)]
+        for adapter in adapters:
+            adapter.enabled = False
+        try:
+            yield
+        finally:
+            for adapter in adapters:
+                adapter.enabled = True
 
     def merge(self, model: nn.Module) -> nn.Module:
         raise UserError(

@@ -3,8 +3,9 @@
 from lightning_ft.objectives.base import Objective, Terms
 from lightning_ft.objectives.cross_entropy import CrossEntropy
 from lightning_ft.objectives.distillation import Distillation
+from lightning_ft.objectives.dpo import DPO
 
 # The objectives `--model.objective NAME` knows by their short name (any Objective subclass works by class path).
-OBJECTIVES = (CrossEntropy, Distillation)
+OBJECTIVES = (CrossEntropy, Distillation, DPO)
 
-__all__ = ["OBJECTIVES", "CrossEntropy", "Distillation", "Objective", "Terms"]
+__all__ = ["DPO", "OBJECTIVES", "CrossEntropy", "Distillation", "Objective", "Terms"]

@@ -1,8 +1,9 @@
 """The protocol every training objective follows.
 
 An objective turns a batch into its loss (`terms`) through the forward passes the module hands it (forward.py): the
-policy's, the model being trained. It loads what else it needs once the policy exists (`configure`: a teacher), and
-says what it logs. The module asks it for nothing else and never asks which objective runs.
+policy's, the model being trained, and for objectives that compare against it, the reference's: the policy before
+training. It loads what else it needs once the policy exists (`configure`: a teacher), and says what it logs. The
+module asks it for nothing else and never asks which objective runs.
 """
 
 # No `from __future__ import annotations`: jsonargparse resolves a subclass's inherited annotations in the subclass's
@@ -35,6 +36,10 @@ class Objective(ABC):
     #: True when the loss at evaluation is the mean negative log-likelihood of the label tokens: its exp is the
     #: perplexity.
     loss_is_nll: ClassVar[bool] = False
+    #: True when `configure` must be given the reference's forward passes.
+    needs_reference: ClassVar[bool] = False
+    #: What it trains on, as the data format calls it (`DataFormat.unit`): examples, or preference pairs.
+    unit: ClassVar[str] = "examples"
 
     @classmethod
     def class_path(cls) -> str:
@@ -45,8 +50,11 @@ class Objective(ABC):
         """Reject bad settings before any weight is loaded (not in __post_init__: an error raised while
         jsonargparse builds an optional argument reaches the user as its multi-line report of the union's types)."""
 
-    def configure(self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool) -> None:
-        """Load what the objective needs besides the policy (frozen models in `dtype`), once the policy is built."""
+    def configure(
+        self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool, reference: Forward | None = None
+    ) -> None:
+        """Load what the objective needs besides the policy (frozen models in `dtype`), once the policy is built;
+        keep the reference (given when `needs_reference`)."""
 
     @abstractmethod
     def terms(self, policy: Forward, batch: dict, training: bool) -> Terms:

@@ -58,7 +58,9 @@ class Distillation(Objective):
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"{FLAG}.alpha must be in [0, 1], got {self.alpha}")
 
-    def configure(self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool) -> None:
+    def configure(
+        self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool, reference: Forward | None = None
+    ) -> None:
         teacher = load_teacher(
             self, policy.model, tokenizer, policy.task, dtype=self.dtype or dtype, trust_remote_code=trust_remote_code
         )
@@ -71,8 +73,7 @@ class Distillation(Objective):
         the KL as it is (temperature 1)."""
         student, labels = policy.label_logits(batch)
         (teacher,) = self._teacher
-        if next(teacher.model.parameters()).device != student.device:
-            teacher.model.to(student.device)
+        teacher.follow(batch)
         with torch.no_grad():  # in the step's autocast, like the student
             teacher_logits, _ = teacher.label_logits(batch)
         temperature = self.temperature if training else 1.0

@@ -1,0 +1,58 @@
+"""What the preference objectives share: the summed log-probabilities of each pair's chosen and rejected response.
+
+A batch of preference pairs numbers its sequences in `sequence_ids` (data/batching.py): pair k's chosen response is
+sequence 2k, its rejected one 2k + 1, whether each has a row of its own or many pairs share a packed row.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from lightning_ft.constants import IGNORE_INDEX
+from lightning_ft.errors import UserError
+from lightning_ft.forward import Forward
+
+
+class PairLogps(NamedTuple):
+    """Per pair: the responses' summed token log-probabilities, their token counts, and whether it counts."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    real: torch.Tensor  # False for the copies that even out a pass across processes (they carry no labels)
+
+
+def pair_logps(token_logps: torch.Tensor, batch: dict) -> PairLogps:
+    """Sums of `token_logps` (batch x tokens - 1, aligned with labels[:, 1:]) over each response's label tokens."""
+    if "sequence_ids" not in batch:
+        raise UserError("a preference objective needs preference data: set --data.format preference")
+    mask = batch["labels"][:, 1:] != IGNORE_INDEX
+    sequence = batch["sequence_ids"][:, 1:][mask]  # the label at position t + 1 belongs to token t + 1's sequence
+    count = int(batch["sequence_ids"].max()) + 1
+    sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, sequence, token_logps[mask]
+    )
+    tokens = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, sequence, torch.ones_like(sequence, dtype=token_logps.dtype)
+    )
+    chosen_tokens, rejected_tokens = tokens[0::2], tokens[1::2]
+    return PairLogps(
+        sums[0::2], sums[1::2], chosen_tokens, rejected_tokens, (chosen_tokens > 0) & (rejected_tokens > 0)
+    )
+
+
+def policy_and_reference(policy: Forward, reference: Forward, batch: dict) -> tuple[PairLogps, PairLogps]:
+    """The policy's pair log-probabilities (with gradients) and the reference's."""
+    mine = pair_logps(policy.label_logps(batch), batch)
+    reference.follow(batch)
+    with torch.no_grad():
+        theirs = pair_logps(reference.label_logps(batch), batch)
+    return mine, theirs
+
+
+def mean_over(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The mean over the pairs that count (0 when none do)."""
+    return torch.where(real, values, 0.0).sum() / real.sum().clamp(min=1)
