@@ -160,10 +160,10 @@ class FineTuneModule(LightningModule):
         # Not a submodule (in a Forward, not an attribute): it stays out of checkpoints, counts and the optimizer.
         return replace(self.policy, model=copy)
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        """The training loss of a batch and what it is a mean over (label tokens, examples, pairs)."""
-        terms = self.objective.terms(self.policy, batch, training=True)
-        return terms.loss, terms.count
+    def loss(self, batch: dict) -> Terms:
+        """The objective's training loss of a batch: its mean, what it is a mean over (label tokens, examples,
+        pairs), and what else to log."""
+        return self.objective.terms(self.policy, batch, training=True)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
@@ -181,7 +181,7 @@ class FineTuneModule(LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._last_batch_tokens = int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
-        terms = self.objective.terms(self.policy, batch, training=True)
+        terms = self.loss(batch)
         loss, count = terms.loss, terms.count
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
         for name, value in terms.logged.items():

@@ -232,13 +232,13 @@ def run_lightning_ft(w: Workload, *extra: str) -> tuple[dict, nn.Module]:
 
 def run_lightning_ft_with_model_logits(w: Workload) -> tuple[dict, nn.Module]:
     """lightning_ft scoring the model's own full logits, as if its head were not a plain projection (an ablation)."""
-    from lightning_ft import module
+    from lightning_ft import forward
 
-    plain_output_head, module.plain_output_head = module.plain_output_head, lambda model: None
+    plain_output_head, forward.plain_output_head = forward.plain_output_head, lambda model: None
     try:
         return run_lightning_ft(w)
     finally:
-        module.plain_output_head = plain_output_head
+        forward.plain_output_head = plain_output_head
 
 
 # -- the ceiling: the model's own forward + backward + step on full rows, nothing else ---------------------------

@@ -240,9 +240,9 @@ def poison(monkeypatch, bad: set[int] | None) -> None:
     loss = FineTuneModule.loss
 
     def poisoned(self, batch):
-        value, count = loss(self, batch)
+        terms = loss(self, batch)
         ids = set(batch["example_ids"].tolist()) if "example_ids" in batch else set()
-        return (value * float("nan"), count) if self.training and (bad is None or ids & bad) else (value, count)
+        return terms._replace(loss=terms.loss * float("nan")) if self.training and (bad is None or ids & bad) else terms
 
     monkeypatch.setattr(FineTuneModule, "loss", poisoned)
 

@@ -35,7 +35,7 @@ def batches(vocab: int) -> dict[str, dict]:
 
 def loss_and_grads(module: FineTuneModule, batch: dict) -> tuple[float, int, dict[str, torch.Tensor]]:
     module.zero_grad(set_to_none=True)
-    loss, count = module.loss(batch)
+    loss, count, *_ = module.loss(batch)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
     return loss.item(), count, grads

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ft.constants import DType, Task
-from lightning_ft.errors import UserError
 from lightning_ft.forward import Forward
 from lightning_ft.objectives.base import Objective, Terms
-from lightning_ft.objectives.pairs import mean_over, policy_and_reference
+from lightning_ft.objectives.pairs import check_settings, chosen_nll, mean_over, policy_and_reference
 
 REWARD_TERMS = ("rewards_chosen", "rewards_rejected", "rewards_accuracies", "rewards_margins")
 LOGP_TERMS = ("logps_chosen", "logps_rejected")
@@ -54,12 +53,7 @@ class DPO(Objective):
     unit = "pairs"
 
     def check(self, task: Task) -> None:
-        if task != "causal_lm":
-            raise UserError("--model.objective DPO trains a causal LM (--model.task causal_lm)")
-        if not self.beta > 0:
-            raise UserError(f"--model.objective.beta must be positive, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise UserError(f"--model.objective.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        check_settings(self, task)
 
     def configure(
         self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool, reference: Forward | None = None
@@ -76,9 +70,8 @@ class DPO(Objective):
         per_pair = self.pair_loss(chosen_ratio, rejected_ratio, mine.chosen_tokens, mine.rejected_tokens)
         real = mine.real
         loss = mean_over(per_pair, real)
-        if self.rpo_alpha is not None:  # TRL's "sft" term: the mean over every chosen token of the batch
-            chosen_tokens = torch.where(real, mine.chosen_tokens, 0.0).sum().clamp(min=1)
-            loss = loss + self.rpo_alpha * -torch.where(real, mine.chosen, 0.0).sum() / chosen_tokens
+        if self.rpo_alpha is not None:
+            loss = loss + self.rpo_alpha * chosen_nll(mine)
         return Terms(loss, int(real.sum()), reward_terms(self.beta * chosen_ratio, self.beta * rejected_ratio, mine))
 
     def pair_loss(self, chosen_ratio, rejected_ratio, chosen_tokens, rejected_tokens) -> torch.Tensor:

@@ -53,6 +53,23 @@ def policy_and_reference(policy: Forward, reference: Forward, batch: dict) -> tu
     return mine, theirs
 
 
+def check_settings(objective, task: str) -> None:
+    """What every preference objective refuses: another task than causal_lm, beta <= 0, label smoothing out of
+    [0, 0.5) (a flip chance of half or more turns the preference over)."""
+    if task != "causal_lm":
+        raise UserError(f"--model.objective {type(objective).__name__} trains a causal LM (--model.task causal_lm)")
+    if not objective.beta > 0:
+        raise UserError(f"--model.objective.beta must be positive, got {objective.beta}")
+    if not 0.0 <= objective.label_smoothing < 0.5:
+        raise UserError(f"--model.objective.label_smoothing must be in [0, 0.5), got {objective.label_smoothing}")
+
+
+def chosen_nll(logps: PairLogps) -> torch.Tensor:
+    """The mean negative log-likelihood over every chosen response token of the batch (TRL's "sft" / CPO term)."""
+    tokens = torch.where(logps.real, logps.chosen_tokens, 0.0).sum().clamp(min=1)
+    return -torch.where(logps.real, logps.chosen, 0.0).sum() / tokens
+
+
 def mean_over(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """The mean over the pairs that count (0 when none do)."""
     return torch.where(real, values, 0.0).sum() / real.sum().clamp(min=1)
