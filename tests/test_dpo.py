@@ -228,6 +228,7 @@ def test_a_dpo_run_fits_validates_and_exports_an_adapter_plain_peft_loads(
     pairs = ["--data.format", "preference", "--data.train_path", str(data_dir / "pref_train.jsonl")]
     pairs += ["--data.val_path", str(data_dir / "pref_val.jsonl"), "--data.num_workers", "0"]
     dpo = ["--model.objective", "DPO", "--model.method", "LoRA", "--generation.num_samples", "0", *pairs]
+    dpo += ["--trainer.precision", "32-true", "--model.optim.lr", "1e-2"]  # fp32, as TRL's evaluate below
     assert cli(fit_args(*dpo, "--checkpoint.monitor", "val_rewards_accuracies", "--checkpoint.mode", "max")) == 0
     final = json.loads((run / "run.json").read_text())["metrics"]["final"]
     assert {f"val_{name.replace('/', '_')}" for name in TRL_METRICS} <= set(final) and "val_perplexity" not in final
@@ -241,6 +242,17 @@ def test_a_dpo_run_fits_validates_and_exports_an_adapter_plain_peft_loads(
     assert cli(["export", "--ckpt", str(checkpoint), "--output", str(tmp_path / "adapter")]) == 0
     aligned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter")
     assert any("lora_B" in name and p.abs().sum() > 0 for name, p in aligned.named_parameters())  # it moved
+
+    # TRL's DPOTrainer.evaluate() on the exported adapter, against the base model, on the same file of pairs
+    from trl import DPOConfig, DPOTrainer
+
+    val = Dataset.from_list([json.loads(line) for line in (data_dir / "pref_val.jsonl").read_text().splitlines()])
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=None, use_cpu=True, bf16=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    datasets = {"train_dataset": val, "eval_dataset": val}
+    trainer = DPOTrainer(model=aligned, ref_model=base, args=args, processing_class=tokenizer, **datasets)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(float(shown.group(1)), rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -287,3 +299,15 @@ def test_simpo_equals_trls_cpo_simpo_loss_on_the_same_log_probabilities(tiny_mod
     torch.testing.assert_close(terms.loss, losses.mean())
     torch.testing.assert_close(terms.logged["rewards_chosen"], chosen.mean())
     torch.testing.assert_close(terms.logged["rewards_accuracies"], (chosen > rejected).float().mean())
+
+
+def test_full_fine_tuning_compares_against_a_frozen_copy_kept_out_of_the_module(tiny_model, data_dir):
+    module = FineTuneModule(str(tiny_model), method=Full(), objective=DPO())
+    module.configure_model()
+    terms = module.loss(our_batch(tiny_model, pairs(data_dir)))
+    assert terms.loss.item() == pytest.approx(0.6931472)  # log 2: policy and reference start equal
+    terms.loss.backward()
+    reference = module.objective._reference[0].model
+    assert reference is not module.model and not any(p.requires_grad for p in reference.parameters())
+    assert set(module.state_dict()) == {f"model.{k}" for k in module.model.state_dict()}  # no copy in checkpoints
+    assert all(p.grad is None for p in reference.parameters()) and module.model.lm_head.weight.grad is not None

@@ -55,6 +55,17 @@ def test_pairs_tokenize_as_trls_dpo_trainer(tiny_model, data_dir):
         assert ours == trl_tokenized(tiny_model, rows)
 
 
+def test_the_quality_rules_keep_the_whitespace_where_prompt_and_response_join(tiny_model, data_dir, tmp_path):
+    """The pipeline's tokens are TRL's too: the whitespace rule used to strip " red cat" to "red cat", and
+    "Answer:" + "red cat" tokenizes otherwise than the pair as written."""
+    rows = [json.loads(line) for line in (data_dir / "pref_train.jsonl").read_text().splitlines()[:4]]
+    dm = datamodule(tiny_model, tmp_path, rows)
+    dm.setup("fit")
+    for example, trl in zip(dm.datasets["train"], trl_tokenized(tiny_model, rows)):
+        chosen = [token for token, number in zip(example["input_ids"], example["sequence"]) if number == 0]
+        assert chosen == trl["prompt_ids"] + trl["chosen_ids"]
+
+
 def test_a_pair_is_two_sequences_each_with_its_own_positions_and_response_labels():
     rules = TokenRules(max_length=16)
     example, status = Preference().finish({"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}, rules)

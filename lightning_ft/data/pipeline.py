@@ -27,7 +27,7 @@ from lightning_ft.interrupts import quiet_workers_on_ctrl_c
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens", "identical_pair")
-PIPELINE_VERSION = 5  # bump when a change here alters what a cached dataset would hold
+PIPELINE_VERSION = 6  # bump when a change here alters what a cached dataset would hold
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,7 @@ def apply_quality(
             source=settings.origin(name),
             key_fields=fmt.key_fields(),
             required=required,
+            keep_ends=fmt.joined_fields(),
         )
         for name, split in records.items()
     }

@@ -158,8 +158,10 @@ def _normalize_unicode(text: str) -> str:
     return unicodedata.normalize("NFC", _ZERO_WIDTH.sub("", text))
 
 
-def _normalize_whitespace(text: str) -> str:
+def _normalize_whitespace(text: str, keep_ends: bool = False) -> str:
     text = _ODD_SPACES.sub(" ", _NEWLINES.sub("\n", text))
+    if keep_ends:  # a text joined to another as written (a preference prompt and its response)
+        return text
     if "\n" in text.strip():  # may be code: keep the first line's indentation
         return _LEADING_BLANK_LINES.sub("", text).rstrip()
     return text.strip()
@@ -190,12 +192,19 @@ def _has_text(value) -> bool:
 
 
 def _rewrite(
-    records: list[NumberedRecord], fields: Sequence[str], fn: Callable[[str], str], rule: str, report: QualityReport
+    records: list[NumberedRecord],
+    fields: Sequence[str],
+    fn: Callable[[str], str],
+    rule: str,
+    report: QualityReport,
+    field_fn: Callable[[str], Callable[[str], str]] | None = None,
 ) -> list[NumberedRecord]:
-    """The records with `fn` applied to the strings of their text fields; changed ones are new dicts."""
+    """The records with `fn` (or `field_fn(field)`) applied to the strings of their text fields; changed ones are
+    new dicts."""
     out, changed = [], []
+    field_fn = field_fn or (lambda name: fn)
     for number, record in records:
-        new = {**record, **{name: _map_strings(record[name], fn) for name in fields if name in record}}
+        new = {**record, **{name: _map_strings(record[name], field_fn(name)) for name in fields if name in record}}
         if new != record:
             changed.append(number)
         out.append((number, new if new != record else record))
@@ -243,12 +252,20 @@ def _first_of_near_duplicates(records: list[NumberedRecord], fields: Sequence[st
 
 
 def _normalize(
-    records: list[NumberedRecord], fields: Sequence[str], rules: QualityRules, report: QualityReport
+    records: list[NumberedRecord],
+    fields: Sequence[str],
+    rules: QualityRules,
+    report: QualityReport,
+    keep_ends: Sequence[str] = (),
 ) -> list[NumberedRecord]:
     if rules.normalize_unicode:
         records = _rewrite(records, fields, _normalize_unicode, "normalize_unicode", report)
     if rules.normalize_whitespace:
-        records = _rewrite(records, fields, _normalize_whitespace, "normalize_whitespace", report)
+
+        def whitespace(name: str) -> Callable[[str], str]:
+            return lambda text: _normalize_whitespace(text, keep_ends=name in keep_ends)
+
+        records = _rewrite(records, fields, _normalize_whitespace, "normalize_whitespace", report, whitespace)
     return records
 
 
@@ -285,6 +302,7 @@ def clean(
     source: str,
     key_fields: Sequence[str] = (),
     required: Sequence[str] | None = None,
+    keep_ends: Sequence[str] = (),
 ) -> list[NumberedRecord]:
     """The records after normalise -> drop_empty -> scrub_pii -> exact_dedup -> near_dedup; counts go to `report`.
 
@@ -304,7 +322,7 @@ def clean(
             state = "null" if missing in record else "missing"
             raise UserError(f"{source}:{number}: field '{missing}' is {state} (fields there: {', '.join(record)})")
     removed: dict[str, int] = {}
-    records = _normalize(records, fields, rules, report)
+    records = _normalize(records, fields, rules, report, keep_ends)
     if rules.drop_empty:
         keep = [all(_has_text(record.get(name)) for name in required) for _, record in records]
         records = _filter(records, keep, "drop_empty", report, removed)

@@ -59,6 +59,11 @@ class DataFormat(ABC):
         one is what the drop_empty rule counts). Default: every text field."""
         return self.text_fields()
 
+    def joined_fields(self) -> list[str]:
+        """Text fields joined to one another as written, so that whitespace at their ends is part of the example:
+        the whitespace rule leaves their ends alone."""
+        return []
+
     def key_fields(self) -> list[str]:
         """Further fields that make two records different (a label), never rewritten by the quality rules."""
         return []

@@ -49,6 +49,9 @@ class Preference(DataFormat):
     def required_fields(self) -> list[str]:
         return [self.chosen_field, self.rejected_field]  # two whole conversations hold their prompt
 
+    def joined_fields(self) -> list[str]:
+        return self.text_fields()  # plain-text pairs are tokenized as prompt + response: " Paris" is not "Paris"
+
     def key_fields(self) -> list[str]:
         return [self.tools_field] if self.tools_field else []
 
