@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -45,7 +46,9 @@ def quiet_workers_on_ctrl_c() -> Iterator[None]:
     they inherit this handler and ignore the signal; this process raises KeyboardInterrupt as usual, and the pool's
     terminate() stops them on the way out. A Ctrl-C while the pool is still forking leaves it half built and never
     terminated (multiprocessing cleans up after an Exception only), with workers that would wait for work forever:
-    whatever this block started and left running when it stops on an error is stopped here, by pid."""
+    whatever this block started and left running when it stops on an error is stopped here, by pid. The pool's own
+    thread may still fork a replacement after that, so on Linux each worker also asks the kernel to stop it when
+    this process exits (PR_SET_PDEATHSIG): none outlives the command."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # ignored (a background job), or someone else's handler: leave it to them
         return
@@ -57,13 +60,28 @@ def quiet_workers_on_ctrl_c() -> Iterator[None]:
 
     before = {child.pid for child in psutil.Process().children()}
     signal.signal(signal.SIGINT, on_ctrl_c)
+    _die_with_this_process.add(parent)
     try:
         yield
     except BaseException:
         stop([child for child in psutil.Process().children() if child.pid not in before])
         raise
     finally:
+        _die_with_this_process.discard(parent)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_die_with_this_process: set[int] = set()  # pids whose children forked now get SIGTERM when it exits
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _on_fork_in_child() -> None:
+    if os.getppid() in _die_with_this_process:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+if sys.platform == "linux":
+    os.register_at_fork(after_in_child=_on_fork_in_child)
 
 
 def stop(processes: list[psutil.Process], grace_s: float = 5.0) -> None:

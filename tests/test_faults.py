@@ -77,16 +77,22 @@ def start_fit(args: list[str], output: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "lightning_ft", *args], stdout=out, stderr=out, env=env)
 
 
-@pytest.mark.parametrize("batching", BATCHING)
-def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(cli, fit_args, tmp_path, batching):
-    """SIGKILL from outside at a step drawn per trial (never the same across the three); a rerun continues from the
-    newest checkpoint, mid-epoch, and sees exactly the batches the uninterrupted run saw."""
+@pytest.mark.parametrize("batching", [*BATCHING, "dpo"])
+def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(cli, fit_args, data_dir, tmp_path, batching):
+    """SIGKILL from outside at a step drawn per trial (never the same across the four); a rerun continues from the
+    newest checkpoint, mid-epoch, and sees exactly the batches the uninterrupted run saw. DPO too, on pairs."""
     kill_at = random.Random(batching).randint(3, 13)
+    pairs = [
+        "--data.train_path",
+        str(data_dir / "pref_train.jsonl"),
+        "--data.val_path",
+        str(data_dir / "pref_val.jsonl"),
+    ]
+    dpo = ["--model.objective", "DPO", "--data.format", "preference", *pairs, "--generation.num_samples", "0"]
+    batches = BATCHING.get(batching) or [*BATCHING["pad"], *dpo]
 
     def args(run: str, log: Path) -> list[str]:
-        return recording(
-            fit_args(*COMMON, *BATCHING[batching], "--trainer.max_steps", "16", run_dir=tmp_path / run), log
-        )
+        return recording(fit_args(*COMMON, *batches, "--trainer.max_steps", "16", run_dir=tmp_path / run), log)
 
     assert cli(args("straight", tmp_path / "straight.jsonl")) == 0
     first = tmp_path / "killed.jsonl"

@@ -77,16 +77,21 @@ SHARDED = {("fsdp2", "LoRA"): (False, True), ("fsdp2", "Full"): (True, False)}
 
 
 @pytest.fixture(scope="module")
-def alone_runs() -> dict[str, Path]:
-    """One-process reference runs, by method: they use no strategy, so the DDP and FSDP2 cases share them."""
+def alone_runs() -> dict[tuple[str, str | None], Path]:
+    """One-process reference runs, by method and objective: they use no strategy, so the DDP and FSDP2 cases share
+    them."""
     return {}
 
 
-@pytest.mark.parametrize("strategy,method", [("ddp", "LoRA"), ("fsdp2", "LoRA"), ("fsdp2", "Full")])
+@pytest.mark.parametrize(
+    "strategy,method,objective",
+    [("ddp", "LoRA", None), ("fsdp2", "LoRA", None), ("fsdp2", "Full", None), ("ddp", "LoRA", "DPO")],
+)
 def test_two_processes_fit_save_resume_like_one(
-    cli, fit_args, tmp_path, tmp_path_factory, alone_runs, strategy, method
+    cli, fit_args, data_dir, tmp_path, tmp_path_factory, alone_runs, strategy, method, objective
 ):
-    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps."""
+    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps; for
+    DPO too (its loss a mean over a step's pairs, its reference the adapters-off pass in each process)."""
     # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
     common = [
         "--model.method",
@@ -104,11 +109,15 @@ def test_two_processes_fit_save_resume_like_one(
     ]
     if method == "LoRA":
         common += ["--model.method.dropout", "0.0"]  # dropout masks would differ with the number of processes
-    if method not in alone_runs:
-        run_dir = tmp_path_factory.mktemp(f"alone-{method}")
+    if objective:
+        pairs = [str(data_dir / "pref_train.jsonl"), str(data_dir / "pref_val.jsonl")]
+        common += ["--model.objective", objective, "--data.format", "preference", "--generation.num_samples", "0"]
+        common += ["--data.train_path", pairs[0], "--data.val_path", pairs[1], "--model.optim.lr", "1e-2"]
+    if (method, objective) not in alone_runs:
+        run_dir = tmp_path_factory.mktemp(f"alone-{method}-{objective}")
         assert cli(fit_args(*common, "--data.batch_size", "4", run_dir=run_dir)) == 0
-        alone_runs[method] = run_dir
-    alone = alone_runs[method]
+        alone_runs[method, objective] = run_dir
+    alone = alone_runs[method, objective]
 
     shared = tmp_path / strategy
     preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
