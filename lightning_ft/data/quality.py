@@ -194,17 +194,14 @@ def _has_text(value) -> bool:
 def _rewrite(
     records: list[NumberedRecord],
     fields: Sequence[str],
-    fn: Callable[[str], str],
+    fn: Callable[[str, str], str],
     rule: str,
     report: QualityReport,
-    field_fn: Callable[[str], Callable[[str], str]] | None = None,
 ) -> list[NumberedRecord]:
-    """The records with `fn` (or `field_fn(field)`) applied to the strings of their text fields; changed ones are
-    new dicts."""
+    """The records with `fn(field, text)` applied to the strings of their text fields; changed ones are new dicts."""
     out, changed = [], []
-    field_fn = field_fn or (lambda name: fn)
     for number, record in records:
-        new = {**record, **{name: _map_strings(record[name], field_fn(name)) for name in fields if name in record}}
+        new = {**record, **{name: _map_strings(record[name], partial(fn, name)) for name in fields if name in record}}
         if new != record:
             changed.append(number)
         out.append((number, new if new != record else record))
@@ -259,13 +256,13 @@ def _normalize(
     keep_ends: Sequence[str] = (),
 ) -> list[NumberedRecord]:
     if rules.normalize_unicode:
-        records = _rewrite(records, fields, _normalize_unicode, "normalize_unicode", report)
+        records = _rewrite(records, fields, lambda _, text: _normalize_unicode(text), "normalize_unicode", report)
     if rules.normalize_whitespace:
 
-        def whitespace(name: str) -> Callable[[str], str]:
-            return lambda text: _normalize_whitespace(text, keep_ends=name in keep_ends)
+        def whitespace(name: str, text: str) -> str:
+            return _normalize_whitespace(text, keep_ends=name in keep_ends)
 
-        records = _rewrite(records, fields, _normalize_whitespace, "normalize_whitespace", report, whitespace)
+        records = _rewrite(records, fields, whitespace, "normalize_whitespace", report)
     return records
 
 
@@ -281,7 +278,7 @@ def _scrub(
         return scrubbed
 
     if replace:
-        records = _rewrite(records, fields, scrub_and_count, "scrub_pii", report)
+        records = _rewrite(records, fields, lambda _, text: scrub_and_count(text), "scrub_pii", report)
     else:
         for _, record in records:
             for name in fields:

@@ -14,6 +14,7 @@ attention never crosses from one to the other. Only the responses' tokens carry 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from lightning_ft.constants import IGNORE_INDEX
@@ -119,7 +120,7 @@ class Preference(DataFormat):
 
             prompt_ids = tokens(render(prompt, True))
             whole = [tokens(render(prompt + r, False)) for r in (chosen, rejected)]
-        split = min(common_prefix_length(prompt_ids, ids) for ids in whole)
+        split = min(len(os.path.commonprefix([prompt_ids, ids])) for ids in whole)  # works on any sequences
         return {"prompt_ids": prompt_ids[:split], "chosen_ids": whole[0][split:], "rejected_ids": whole[1][split:]}
 
     def finish(self, encoded: dict, rules: TokenRules) -> tuple[dict | None, str]:
@@ -146,9 +147,9 @@ class Preference(DataFormat):
                 if chosen == rejected:
                     return None, "identical_pair"
         sequences = [prompt + chosen, prompt + rejected]
-        # A sequence's first token is predicted by nothing (in a row, by the sequence before it): no label.
-        labels = [([IGNORE_INDEX] * len(prompt) + response)[1:] for response in (chosen, rejected)]
-        labels = [[IGNORE_INDEX, *rest] for rest in labels]
+        labels = [[IGNORE_INDEX] * len(prompt) + response for response in (chosen, rejected)]
+        for label in labels:  # a sequence's first token is predicted by nothing (in a row, by the one before it)
+            label[0] = IGNORE_INDEX
         return {
             "input_ids": sequences[0] + sequences[1],
             "labels": labels[0] + labels[1],
@@ -170,12 +171,3 @@ class Preference(DataFormat):
         reference = "\n".join(turn["content"] for turn in chosen if turn["role"] == "assistant")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return {"prompt": text, "prompt_ids": ids, "reference": reference}
-
-
-def common_prefix_length(ids: list[int], other: list[int]) -> int:
-    length = 0
-    for a, b in zip(ids, other):
-        if a != b:
-            break
-        length += 1
-    return length
