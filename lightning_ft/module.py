@@ -46,7 +46,8 @@ class FineTuneModule(LightningModule):
         trust_remote_code: allow the model directory to run its own Python code. Only for sources you trust.
         compile: compile each transformer block with torch.compile (one compilation serves every block): about a
             minute up front, so only long runs can gain (BENCHMARKS.md: slower end to end on 110 CPU steps).
-        objective: what the loss is (CrossEntropy, Distillation); default CrossEntropy(), supervised fine-tuning.
+        objective: what the loss is (CrossEntropy, Distillation, DPO, ORPO, SimPO, KTO); default CrossEntropy(),
+            supervised fine-tuning.
         optim: optimizer and learning-rate schedule.
     """
 
@@ -185,7 +186,7 @@ class FineTuneModule(LightningModule):
         loss, count = terms.loss, terms.count
         self.log("train_loss", loss, prog_bar=True, batch_size=count)
         for name, value in terms.logged.items():
-            self.log(f"train_{name}", value, batch_size=count)
+            self.log(f"train_{name}", value, batch_size=max(terms.weight(name), 1))
         if "step_terms" not in batch:
             return loss
         # The weighted mean over the whole optimizer step (all processes, all accumulated batches): this batch's
@@ -205,7 +206,7 @@ class FineTuneModule(LightningModule):
         classifier's predictions for the metric callbacks."""
         terms: Terms = self.objective.terms(self.policy, batch, training=False)
         for name, value in {"loss": terms.loss, **terms.logged}.items():
-            self.eval_means[f"{stage}_{name}"].update(value.detach(), terms.count)
+            self.eval_means[f"{stage}_{name}"].update(value.detach(), terms.weight(name))
         if terms.logits is None:
             return {"loss": terms.loss}
         return {"loss": terms.loss, "preds": terms.logits.argmax(-1), "target": batch["labels"]}

@@ -58,6 +58,15 @@ def preference_rows(n: int, seed: int) -> list[dict]:
     return list(rows.values())
 
 
+def feedback_rows(pairs: list[dict]) -> list[dict]:
+    """KTO's unpaired feedback: each pair as its chosen completion (desirable) and its rejected one (not)."""
+    return [
+        {"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+        for pair in pairs
+        for side in ("chosen", "rejected")
+    ]
+
+
 def classification_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
@@ -77,6 +86,8 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "cls_val.jsonl", classification_rows(8, seed=3))
     write_jsonl(root / "pref_train.jsonl", preference_rows(32, seed=4))
     write_jsonl(root / "pref_val.jsonl", preference_rows(8, seed=5))
+    write_jsonl(root / "feedback_train.jsonl", feedback_rows(preference_rows(16, seed=6)))
+    write_jsonl(root / "feedback_val.jsonl", feedback_rows(preference_rows(4, seed=7)))
     return root
 
 

@@ -46,9 +46,10 @@ def test_every_shipped_config_fits_two_steps(
     run_dir = tmp_path / config.stem
     # The recipes' teacher is a hub model; here the tiny model teaches itself (same tokenizer, as it must be).
     extra = ["--model.objective.teacher", str(tiny_model)] if config.stem == "distill" else []
-    if config.stem in ("dpo", "simpo"):  # on pairs; one epoch is one packed batch of the 32 test pairs: take two
-        pairs = [str(data_dir / "pref_train.jsonl"), str(data_dir / "pref_val.jsonl")]
-        extra = ["--data.train_path", pairs[0], "--data.val_path", pairs[1], "--trainer.max_epochs", "2"]
+    if config.stem in ("dpo", "orpo", "simpo", "kto"):  # on pairs or feedback: one packed batch a pass, take two
+        data = "feedback" if config.stem == "kto" else "pref"
+        files = [str(data_dir / f"{data}_train.jsonl"), str(data_dir / f"{data}_val.jsonl")]
+        extra = ["--data.train_path", files[0], "--data.val_path", files[1], "--trainer.max_epochs", "2"]
     args = fit_args("--data.num_workers", "0", *extra, run_dir=run_dir, classification=classification)
     caplog.set_level("INFO")
     assert cli(["fit", "--config", str(config), *args[1:]]) == 0
@@ -129,7 +130,7 @@ def test_a_rerun_continues_from_the_newest_checkpoint_and_null_refuses(cli, fit_
         (["--data.train_path", "/no/such/train.jsonl"], "--data.train_path /no/such/train.jsonl: no such file"),
         (
             ["--data.format", "chatml"],
-            "--data.format: unknown format 'chatml' (choose from text, instruction, chat, classification, preference)",
+            "--data.format: unknown format 'chatml' (choose from text, instruction, chat, classification, preference, unpaired)",
         ),
         (["--model.optim.lr", "fast"], "--model.optim.lr: expected a number, got 'fast'"),
         (["--model.optim.lr=-1e-3"], "--model.optim.lr must be >= 0, got -0.001"),

@@ -156,3 +156,47 @@ def test_hh_rlhf_conversations_read_as_pairs(tiny_model, tmp_path):
     assert tokenizer.decode(chosen).startswith(
         f"{tokenizer.bos_token}<|user|>\n"
     )  # rendered as chat fine-tuning renders it
+
+
+def test_unpaired_feedback_holds_each_completion_and_the_previous_records_after_its_prompt(tiny_model, tmp_path):
+    rows = [
+        {"prompt": "Q1", "completion": " a", "label": True},
+        {"prompt": "Q2", "completion": " b", "label": "false"},
+        {"prompt": "Q3", "completion": " c", "label": 1},
+    ]
+    train = write_jsonl(tmp_path / "feedback.jsonl", rows)
+    dm = FineTuneDataModule("unpaired", str(train), tokenizer=str(tiny_model), cache_dir=str(tmp_path / "c"))
+    dm.setup("fit")
+    tokenizer = dm.get_tokenizer()
+    assert dm.report["unit"] == "completions" and dm.report["train"]["examples"] == 3
+
+    def text(example, number):
+        return tokenizer.decode([t for t, s in zip(example["input_ids"], example["sequence"]) if s == number])
+
+    examples = [dm.datasets["train"][i] for i in range(3)]
+    assert [e["desirable"] for e in examples] == [1, 0, 1]
+    eos = tokenizer.eos_token
+    assert [text(e, 0) for e in examples] == [f"Q1 a{eos}", f"Q2 b{eos}", f"Q3 c{eos}"]
+    assert [text(e, 1) for e in examples] == [f"Q1 c{eos}", f"Q2 a{eos}", f"Q3 b{eos}"]  # the first takes the last's
+    batch = next(iter(dm.train_dataloader()))
+    assert sorted(batch["desirable"].tolist()) == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            {"prompt": "Q", "completion": "a", "label": "maybe"},
+            r"feedback\.jsonl:3: field 'label' must be true or false",
+        ),
+        ({"prompt": "Q", "completion": "a"}, r"feedback\.jsonl:3: field 'label' is missing"),
+        ({"prompt": "Q", "completion": None, "label": True}, r"feedback\.jsonl:3: field 'completion' is null"),
+    ],
+    ids=["bad-label", "no-label", "null-completion"],
+)
+def test_bad_feedback_is_one_line_naming_its_own_line(tiny_model, tmp_path, row, message):
+    """Named by its own line, though the first record reads the last one's completion before the last is read."""
+    good = [{"prompt": "Q1", "completion": "a", "label": True}, {"prompt": "Q2", "completion": "b", "label": False}]
+    train = write_jsonl(tmp_path / "feedback.jsonl", [*good, row])
+    with pytest.raises(UserError, match=message):
+        FineTuneDataModule("unpaired", str(train), tokenizer=str(tiny_model), cache_dir=str(tmp_path)).setup("fit")

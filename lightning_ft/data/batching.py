@@ -189,6 +189,8 @@ class PackedDataset(Dataset):
             first = sequence[-1] + 1 if sequence else 0
             sequence += [first + s for s in example.get("sequence") or [0] * len(example["input_ids"])]
         row = {"input_ids": input_ids, "labels": labels, "position_ids": positions(sequence)}
+        if "desirable" in example:  # one per example, in the row's order
+            row["desirable"] = [self.examples[i]["desirable"] for i in self.rows[index]]
         return row | ({"sequence": sequence} if "sequence" in example else {})
 
 
@@ -247,11 +249,17 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
             batch["sequence_ids"][row, :n] = torch.tensor(example["sequence"])
     if not token_labels:
         batch["labels"] = torch.tensor([e["labels"] for e in examples])
+    if "desirable" in given[0]:  # KTO's label, per example in the order of their sequence numbers
+        batch["desirable"] = torch.tensor([d for e in given for d in numbers(e["desirable"])], dtype=torch.bool)
     if "step_terms" in given[0]:
         batch["step_terms"] = torch.tensor(given[0]["step_terms"])
         batch["example_ids"] = torch.tensor([i for e in given for i in e["example_ids"]], dtype=torch.long)
     batch["num_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in given))  # real tokens: throughput counts
     return batch
+
+
+def numbers(value: int | list[int]) -> list[int]:
+    return value if isinstance(value, list) else [value]
 
 
 def number_sequences(examples: list[dict]) -> list[dict]:

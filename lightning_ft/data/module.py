@@ -226,7 +226,9 @@ class FineTuneDataModule(LightningDataModule):
     def model_columns(self, name: str) -> datasets.Dataset:
         """A split's columns that batches are made of."""
         split = self.datasets[name]
-        return split.select_columns([c for c in ("input_ids", "labels", "sequence") if c in split.column_names])
+        return split.select_columns(
+            [c for c in ("input_ids", "labels", "sequence", "desirable") if c in split.column_names]
+        )
 
     def _collate(self):
         pad = self.get_tokenizer().pad_token_id

@@ -27,7 +27,7 @@ from lightning_ft.interrupts import quiet_workers_on_ctrl_c
 
 SPLITS = ("train", "val", "test")
 TOKEN_STATUSES = ("kept", "truncated", "too_short", "overlong_dropped", "no_label_tokens", "identical_pair")
-PIPELINE_VERSION = 6  # bump when a change here alters what a cached dataset would hold
+PIPELINE_VERSION = 7  # bump when a change here alters what a cached dataset would hold
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,9 @@ def apply_quality(
     """Clean every split, then remove train records leaked into val/test, then rebalance labels of train."""
     fmt, rules, seed = settings.format, settings.quality, settings.seed
     reports = {name: QualityReport() for name in records}
-    # A format may list alternative fields (chat: messages or conversations): check those the data has.
-    present = {f for f in fmt.text_fields() if any(f in r for _, r in next(iter(records.values())))}
-    alternatives = set(fmt.text_fields()) - present if present else set()
+    # Of fields a record needs only one of (chat: messages or conversations), require those the data has.
+    present = {f for f in fmt.either_fields() if any(f in r for _, r in next(iter(records.values())))}
+    alternatives = set(fmt.either_fields()) - present if present else set()
     fields = [f for f in fmt.text_fields() if f not in alternatives]
     required = [f for f in fmt.required_fields() if f not in alternatives]
     cleaned = {
@@ -188,9 +188,17 @@ def tokenize(
     for name, split in records.items():
 
         def encode(row: dict, split=split, origin=settings.origin(name), held_out=name != "train") -> dict:
+            def encode_record(index: int) -> dict:  # an error names the line of the record it is about
+                number, record = split[index]
+                try:
+                    return fmt.encode(record, ctx)
+                except UserError as err:
+                    raise UserError(f"{origin}:{number}: {err}") from err
+
             line, record = split[row["index"]]
+            example = fmt.encode_in(encode_record, row["index"])
             try:
-                example, status = fmt.finish(fmt.encode(record, ctx), rules)
+                example, status = fmt.finish(example, rules)
                 # Held-out examples keep their prompt and reference for generation metrics.
                 generation = fmt.generation_example(record, ctx.tokenizer) if held_out else None
             except UserError as err:

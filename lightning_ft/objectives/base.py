@@ -9,6 +9,7 @@ module asks it for nothing else and never asks which objective runs.
 # No `from __future__ import annotations`: jsonargparse resolves a subclass's inherited annotations in the subclass's
 # module (see methods/base.py).
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import ClassVar, NamedTuple
 
@@ -25,6 +26,11 @@ class Terms(NamedTuple):
     count: int  # label tokens, examples or pairs: the batch's weight in its optimizer step and in eval means
     logged: dict[str, torch.Tensor]  # more means over `count`, logged as {stage}_{name}
     logits: torch.Tensor | None = None  # a classifier's logits, for the metric callbacks
+    weights: dict[str, int] | None = None  # what a logged term is a mean over where not `count` (KTO: by label)
+
+    def weight(self, name: str) -> int:
+        """What the logged term `name` (or the loss) is a mean over: its weight in means over many batches."""
+        return (self.weights or {}).get(name, self.count)
 
 
 class Objective(ABC):
@@ -40,6 +46,11 @@ class Objective(ABC):
     needs_reference: ClassVar[bool] = False
     #: What it trains on, as the data format calls it (`DataFormat.unit`): examples, or preference pairs.
     unit: ClassVar[str] = "examples"
+
+    def __getstate__(self) -> dict:
+        """Its hyperparameters only: what `configure` loaded (a teacher, the reference) is never pickled or copied,
+        so the module's hparams keep the objective (Lightning drops what cannot be pickled)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     @classmethod
     def class_path(cls) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lightning_ft.constants import DType, Task
 from lightning_ft.forward import Forward
 from lightning_ft.objectives.base import Objective, Terms
-from lightning_ft.objectives.pairs import check_settings, chosen_nll, mean_over, policy_and_reference
+from lightning_ft.objectives.pairs import check_settings, chosen_nll, keep_reference, mean_over, policy_and_reference
 
 REWARD_TERMS = ("rewards_chosen", "rewards_rejected", "rewards_accuracies", "rewards_margins")
 LOGP_TERMS = ("logps_chosen", "logps_rejected")
@@ -58,11 +58,7 @@ class DPO(Objective):
     def configure(
         self, policy: Forward, tokenizer, *, dtype: DType, trust_remote_code: bool, reference: Forward | None = None
     ) -> None:
-        self._reference = (reference,)  # in a tuple: no field, so no hyperparameter
-        if self.disable_dropout:
-            for module in policy.model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+        keep_reference(self, policy, reference)
 
     def terms(self, policy: Forward, batch: dict, training: bool) -> Terms:
         mine, ref = policy_and_reference(policy, self._reference[0], batch)

@@ -44,6 +44,15 @@ def pair_logps(token_logps: torch.Tensor, batch: dict) -> PairLogps:
     )
 
 
+def whole_sequence_labels(batch: dict) -> torch.Tensor:
+    """Labels on every token of every sequence but its first (nothing in the sequence predicts it), prompts too:
+    for objectives with a term on whole sequences (ORPO's NLL)."""
+    sequence = batch["sequence_ids"]
+    follows = torch.zeros_like(sequence, dtype=torch.bool)
+    follows[:, 1:] = (sequence[:, 1:] == sequence[:, :-1]) & (sequence[:, 1:] >= 0)
+    return torch.where(follows, batch["input_ids"], IGNORE_INDEX)
+
+
 def policy_and_reference(policy: Forward, reference: Forward, batch: dict) -> tuple[PairLogps, PairLogps]:
     """The policy's pair log-probabilities (with gradients) and the reference's."""
     mine = pair_logps(policy.label_logps(batch), batch)
@@ -53,6 +62,16 @@ def policy_and_reference(policy: Forward, reference: Forward, batch: dict) -> tu
     return mine, theirs
 
 
+def keep_reference(objective, policy: Forward, reference: Forward) -> None:
+    """Keep the reference's forward passes (in a tuple: no field, so no hyperparameter); with `disable_dropout`,
+    switch the policy's dropout off (as TRL does by default): the log-ratios then compare the same computation."""
+    objective._reference = (reference,)
+    if objective.disable_dropout:
+        for module in policy.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+
+
 def check_settings(objective, task: str) -> None:
     """What every preference objective refuses: another task than causal_lm, beta <= 0, label smoothing out of
     [0, 0.5) (a flip chance of half or more turns the preference over)."""
@@ -60,7 +79,7 @@ def check_settings(objective, task: str) -> None:
         raise UserError(f"--model.objective {type(objective).__name__} trains a causal LM (--model.task causal_lm)")
     if not objective.beta > 0:
         raise UserError(f"--model.objective.beta must be positive, got {objective.beta}")
-    if not 0.0 <= objective.label_smoothing < 0.5:
+    if not 0.0 <= getattr(objective, "label_smoothing", 0.0) < 0.5:
         raise UserError(f"--model.objective.label_smoothing must be in [0, 0.5), got {objective.label_smoothing}")
 
 

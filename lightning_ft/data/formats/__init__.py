@@ -6,6 +6,7 @@ from lightning_ft.data.formats.classification import Classification
 from lightning_ft.data.formats.instruction import Instruction
 from lightning_ft.data.formats.preference import Preference
 from lightning_ft.data.formats.text import Text
+from lightning_ft.data.formats.unpaired import Unpaired
 from lightning_ft.errors import UserError
 
 FORMATS: dict[str, type[DataFormat]] = {
@@ -14,6 +15,7 @@ FORMATS: dict[str, type[DataFormat]] = {
     "chat": Chat,
     "classification": Classification,
     "preference": Preference,
+    "unpaired": Unpaired,
 }
 
 
@@ -37,5 +39,6 @@ __all__ = [
     "Preference",
     "Text",
     "TokenRules",
+    "Unpaired",
     "resolve_format",
 ]

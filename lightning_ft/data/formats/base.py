@@ -4,6 +4,7 @@
 # subclass's module, where `ClassVar` is not imported; a string annotation there turns every option unvalidated.
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,6 +60,11 @@ class DataFormat(ABC):
         one is what the drop_empty rule counts). Default: every text field."""
         return self.text_fields()
 
+    def either_fields(self) -> list[str]:
+        """Fields of which a record needs only one, as data sets spell the same thing (chat: messages or
+        conversations): the pipeline requires those the data has."""
+        return []
+
     def joined_fields(self) -> list[str]:
         """Text fields joined to one another as written, so that whitespace at their ends is part of the example:
         the whitespace rule leaves their ends alone."""
@@ -71,6 +77,11 @@ class DataFormat(ABC):
     @abstractmethod
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         """{"input_ids": [...], "labels": [...] or int}; raise UserError naming the field on bad input."""
+
+    def encode_in(self, encoded: Callable[[int], dict], index: int) -> dict:
+        """The encoding of record `index` of its split, given `encoded(i)`, record i's `encode`: formats whose
+        example draws on another record too (KTO's mismatched completion) read it here."""
+        return encoded(index)
 
     def finish(self, encoded: dict, rules: TokenRules) -> tuple[dict | None, str]:
         """The example `encode` gave after the token rules (or None when they drop it), and what they did: one of

@@ -51,6 +51,9 @@ class Chat(DataFormat):
     def text_fields(self) -> list[str]:
         return [self.messages_field] if self.messages_field else ["messages", "conversations"]
 
+    def either_fields(self) -> list[str]:
+        return [] if self.messages_field else ["messages", "conversations"]
+
     def key_fields(self) -> list[str]:
         return [self.tools_field] if self.tools_field else []  # same turns with other tools: another example
 

@@ -63,7 +63,7 @@ class Preference(DataFormat):
     def parts(self, record: dict) -> tuple[str | list[dict], str | list[dict], str | list[dict]]:
         """(prompt, chosen, rejected): all text, or all turns."""
         prompt = record.get(self.prompt_field)
-        chosen, rejected = (self.response(record, name) for name in (self.chosen_field, self.rejected_field))
+        chosen, rejected = (read_response(record, name) for name in (self.chosen_field, self.rejected_field))
         if prompt is None:
             if not (isinstance(chosen, list) and isinstance(rejected, list)):
                 raise UserError(
@@ -89,72 +89,25 @@ class Preference(DataFormat):
                 raise UserError(f"field '{name}' is a list of turns but '{self.prompt_field}' is text: give both alike")
         return prompt, chosen, rejected
 
-    def response(self, record: dict, name: str) -> str | list[dict]:
-        value = record.get(name)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value:
-            return read_turns(value, name)
-        if name not in record:
-            raise UserError(f"field '{name}' is missing (fields there: {', '.join(sorted(record)) or 'none'})")
-        raise UserError(f"field '{name}' is {'empty' if value is None else 'neither text nor a list of turns'}")
-
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
-        """{"prompt_ids", "chosen_ids", "rejected_ids"}, split where the prompt's tokens and each whole sequence's
-        part (as TRL splits them: a template may render a prompt alone otherwise than followed by a response)."""
-        tokenizer = ctx.tokenizer
+        """{"prompt_ids", "chosen_ids", "rejected_ids"} (see `response_tokens`)."""
         prompt, chosen, rejected = self.parts(record)
-        if isinstance(prompt, str):
-
-            def tokens(text: str) -> list[int]:
-                return tokenizer(text)["input_ids"]
-
-            eos = tokenizer.eos_token
-            prompt_ids = tokens(prompt)
-            whole = [tokens(prompt + r + ("" if r.endswith(eos) else eos)) for r in (chosen, rejected)]
-        else:
-            render = self.chat.render_function(record, tokenizer)
-
-            def tokens(text: str) -> list[int]:
-                return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-            prompt_ids = tokens(render(prompt, True))
-            whole = [tokens(render(prompt + r, False)) for r in (chosen, rejected)]
-        split = min(len(os.path.commonprefix([prompt_ids, ids])) for ids in whole)  # works on any sequences
-        return {"prompt_ids": prompt_ids[:split], "chosen_ids": whole[0][split:], "rejected_ids": whole[1][split:]}
+        prompt_ids, (chosen_ids, rejected_ids) = response_tokens(
+            self.chat, record, ctx.tokenizer, prompt, [chosen, rejected]
+        )
+        return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
 
     def finish(self, encoded: dict, rules: TokenRules) -> tuple[dict | None, str]:
-        """The pair as one example of two sequences. Too long for max_length (per sequence), the prompt loses
-        tokens from the left first; only a response longer than max_length on its own is cut (from the right) or,
-        with overlong drop, the pair dropped: each counted."""
-        prompt, chosen, rejected = encoded["prompt_ids"], encoded["chosen_ids"], encoded["rejected_ids"]
-        if chosen == rejected:
+        """The pair as one example of two sequences (see `two_sequences`); a pair whose responses are the same
+        tokens teaches nothing and is dropped, counted."""
+        if encoded["chosen_ids"] == encoded["rejected_ids"]:
             return None, "identical_pair"
-        if not chosen or not rejected:
-            return None, "no_label_tokens"
-        longest = len(prompt) + max(len(chosen), len(rejected))
-        if longest < rules.min_length:
-            return None, "too_short"
-        status = "kept"
-        if longest > rules.max_length:
-            status = "truncated"
-            prompt = prompt[min(longest - rules.max_length, len(prompt) - 1) :]  # keep one: the first is no label
-            room = rules.max_length - len(prompt)
-            if max(len(chosen), len(rejected)) > room:
-                if rules.overlong == "drop":
-                    return None, "overlong_dropped"
-                chosen, rejected = chosen[:room], rejected[:room]
-                if chosen == rejected:
-                    return None, "identical_pair"
-        sequences = [prompt + chosen, prompt + rejected]
-        labels = [[IGNORE_INDEX] * len(prompt) + response for response in (chosen, rejected)]
-        for label in labels:  # a sequence's first token is predicted by nothing (in a row, by the one before it)
-            label[0] = IGNORE_INDEX
-        return {
-            "input_ids": sequences[0] + sequences[1],
-            "labels": labels[0] + labels[1],
-            "sequence": [0] * len(sequences[0]) + [1] * len(sequences[1]),
-        }, status
+        example, status = two_sequences(encoded["prompt_ids"], encoded["chosen_ids"], encoded["rejected_ids"], rules)
+        if example:
+            ids, second = example["input_ids"], example["sequence"].index(1)
+            if ids[:second] == ids[second:]:
+                return None, "identical_pair"  # the responses were cut to the same tokens
+        return example, status
 
     def empty_example(self) -> dict:
         return {"input_ids": [], "labels": [], "sequence": []}
@@ -171,3 +124,73 @@ class Preference(DataFormat):
         reference = "\n".join(turn["content"] for turn in chosen if turn["role"] == "assistant")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return {"prompt": text, "prompt_ids": ids, "reference": reference}
+
+
+def two_sequences(prompt: list[int], first: list[int], second: list[int], rules: TokenRules) -> tuple[dict | None, str]:
+    """One example of two sequences, prompt + first then prompt + second, labelled on the responses only.
+
+    Too long for max_length (per sequence), the prompt loses tokens from the left first; only a response longer
+    than max_length on its own is cut (from the right) or, with overlong drop, the example dropped: each counted.
+    """
+    if not first or not second:
+        return None, "no_label_tokens"
+    longest = len(prompt) + max(len(first), len(second))
+    if longest < rules.min_length:
+        return None, "too_short"
+    status = "kept"
+    if longest > rules.max_length:
+        status = "truncated"
+        prompt = prompt[min(longest - rules.max_length, len(prompt) - 1) :]  # keep one: the first is no label
+        room = rules.max_length - len(prompt)
+        if max(len(first), len(second)) > room:
+            if rules.overlong == "drop":
+                return None, "overlong_dropped"
+            first, second = first[:room], second[:room]
+    sequences = [prompt + first, prompt + second]
+    labels = [[IGNORE_INDEX] * len(prompt) + response for response in (first, second)]
+    for label in labels:  # a sequence's first token is predicted by nothing (in a row, by the one before it)
+        label[0] = IGNORE_INDEX
+    return {
+        "input_ids": sequences[0] + sequences[1],
+        "labels": labels[0] + labels[1],
+        "sequence": [0] * len(sequences[0]) + [1] * len(sequences[1]),
+    }, status
+
+
+def response_tokens(chat: Chat, record: dict, tokenizer, prompt, responses: list) -> tuple[list[int], list[list[int]]]:
+    """The prompt's tokens and each response's, split where the prompt's tokens and each whole sequence's part (as
+    TRL splits them: a template may render a prompt alone otherwise than followed by a response).
+
+    Text is tokenized as TRL's DPOTrainer and KTOTrainer tokenize it: the prompt alone, and prompt + response + EOS
+    as one text; turns are rendered with the chat template as chat fine-tuning renders them.
+    """
+    if isinstance(prompt, str):
+
+        def tokens(text: str) -> list[int]:
+            return tokenizer(text)["input_ids"]
+
+        eos = tokenizer.eos_token
+        prompt_ids = tokens(prompt)
+        whole = [tokens(prompt + r + ("" if r.endswith(eos) else eos)) for r in responses]
+    else:
+        render = chat.render_function(record, tokenizer)
+
+        def tokens(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        prompt_ids = tokens(render(prompt, True))
+        whole = [tokens(render(prompt + r, False)) for r in responses]
+    split = min(len(os.path.commonprefix([prompt_ids, ids])) for ids in whole)  # works on any sequences
+    return prompt_ids[:split], [ids[split:] for ids in whole]
+
+
+def read_response(record: dict, name: str) -> str | list[dict]:
+    """A response: text, or a list of turns."""
+    value = record.get(name)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        return read_turns(value, name)
+    if name not in record:
+        raise UserError(f"field '{name}' is missing (fields there: {', '.join(sorted(record)) or 'none'})")
+    raise UserError(f"field '{name}' is {'empty' if value is None else 'neither text nor a list of turns'}")
