@@ -27,6 +27,7 @@ from lightning_ft.forward import Forward
 from lightning_ft.loading import check_model_source, load_model, load_tokenizer
 from lightning_ft.methods import Full, Method, count_parameters
 from lightning_ft.objectives import CrossEntropy, Objective, Terms
+from lightning_ft.objectives.precomputed import PrecomputedReference, reference_key
 from lightning_ft.optim import Optim, build_optimizer, build_scheduler
 from lightning_ft.precision import c_compiler
 
@@ -48,6 +49,8 @@ class FineTuneModule(LightningModule):
             minute up front, so only long runs can gain (BENCHMARKS.md: slower end to end on 110 CPU steps).
         objective: what the loss is (CrossEntropy, Distillation, DPO, ORPO, SimPO, KTO); default CrossEntropy(),
             supervised fine-tuning.
+        init_from: a lightning-ft checkpoint of this base model to start from (an SFT run before DPO): its model,
+            with its adapter merged, is what this run's method adapts, and the reference of preference objectives.
         optim: optimizer and learning-rate schedule.
     """
 
@@ -63,6 +66,7 @@ class FineTuneModule(LightningModule):
         trust_remote_code: bool = False,
         compile: bool = False,
         objective: Objective | None = None,
+        init_from: str | None = None,
         optim: Optim = Optim(),
     ) -> None:
         super().__init__()
@@ -83,6 +87,7 @@ class FineTuneModule(LightningModule):
         # strategies load checkpoints through this flag, the others through load_state_dict below.
         self.strict_loading = False
         self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
+        self.precomputed: PrecomputedReference | None = None  # reference: precomputed (set up in configure_model)
         self._last_batch_tokens = 0
         self.parameter_counts: tuple[int, int] | None = None  # (trainable, total), counted when fitting starts
         # {stage}_loss and what else the objective logs at evaluation, as exact means across processes.
@@ -101,16 +106,19 @@ class FineTuneModule(LightningModule):
             return
         h = self.hparams
         tokenizer = load_tokenizer(h.model_name_or_path, h.trust_remote_code)
-        model = load_model(
-            h.model_name_or_path,
-            h.task,
-            dtype=h.dtype or self.default_dtype(),
-            labels=h.labels,
-            num_labels=h.num_labels,
-            pad_token_id=tokenizer.pad_token_id,
-            quantization_config=self.method.quantization_config(),
-            trust_remote_code=h.trust_remote_code,
-        )
+        if h.init_from:
+            model = self.starting_model(h.init_from)
+        else:
+            model = load_model(
+                h.model_name_or_path,
+                h.task,
+                dtype=h.dtype or self.default_dtype(),
+                labels=h.labels,
+                num_labels=h.num_labels,
+                pad_token_id=tokenizer.pad_token_id,
+                quantization_config=self.method.quantization_config(),
+                trust_remote_code=h.trust_remote_code,
+            )
         if h.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # from_pretrained returns the model in eval mode and Lightning keeps submodule modes: switch dropout on.
@@ -125,10 +133,42 @@ class FineTuneModule(LightningModule):
             for _, block in transformer_blocks(self.model):
                 block.compile()
         frozen_dtype = "bfloat16" if self.bf16_compute else "float32"  # no fp32 updates to keep
-        reference = self.reference(frozen_dtype) if self.objective.needs_reference else None
+        reference = None
+        if self.objective.needs_reference:
+            precomputed = self.objective.precomputes_reference
+            reference = self.reference(frozen_dtype, copy=not precomputed)
+            if precomputed:
+                key = reference_key(h.model_name_or_path, h.init_from, frozen_dtype)
+                recomputable = self.method.adapters_off(self.model) is not None
+                self.precomputed = PrecomputedReference(reference, key, recomputable)
         self.objective.configure(
             self.policy, tokenizer, dtype=frozen_dtype, trust_remote_code=h.trust_remote_code, reference=reference
         )
+
+    def starting_model(self, checkpoint: str) -> nn.Module:
+        """The trained model of `checkpoint` on this run's base, its adapter merged into plain weights."""
+        h = self.hparams
+        if self.method.quantization_config() is not None:
+            raise UserError(
+                f"--model.init_from with {type(self.method).__name__}: quantizing happens as the base loads; export "
+                "the checkpoint merged (lightning-ft export --merge) and pass it as --model.model_name_or_path"
+            )
+        settings = {
+            "model_name_or_path": h.model_name_or_path,
+            "objective": None,
+            "dtype": h.dtype or self.default_dtype(),
+        }
+        start = type(self).load_from_checkpoint(Path(checkpoint).expanduser(), map_location="cpu", **settings)
+        if start.hparams.task != h.task:
+            raise UserError(
+                f"--model.init_from {checkpoint} holds a {start.hparams.task} model; this run trains {h.task}"
+            )
+        if not start.method.can_merge:
+            raise UserError(
+                f"--model.init_from {checkpoint}: its {type(start.method).__name__} cannot merge into the base, which "
+                "this run would adapt (train it with LoRA or Full)"
+            )
+        return start.method.merge(start.model)
 
     def default_dtype(self) -> str:
         return "bfloat16" if self.bf16_compute and not self.method.saves_full_model else "float32"
@@ -152,11 +192,14 @@ class FineTuneModule(LightningModule):
             packing=method.supports_packing,
         )
 
-    def reference(self, dtype: str) -> Forward:
+    def reference(self, dtype: str, copy: bool = True) -> Forward:
         """The policy as it is now (before training), for objectives that compare against it: the policy itself
-        with its adapters off, or, when the method trains the base weights, a frozen copy (in `dtype`)."""
+        with its adapters off, or, when the method trains the base weights, a frozen copy (in `dtype`; without
+        `copy`, the policy itself, which is the reference only until the first step)."""
         if self.method.adapters_off(self.model) is not None:
             return replace(self.policy, context=lambda: self.method.adapters_off(self.model))
+        if not copy:
+            return replace(self.policy, context=torch.no_grad)
         copy = copy_module(self.model).to(getattr(torch, dtype)).requires_grad_(False).eval()
         # Not a submodule (in a Forward, not an attribute): it stays out of checkpoints, counts and the optimizer.
         return replace(self.policy, model=copy)
@@ -164,7 +207,21 @@ class FineTuneModule(LightningModule):
     def loss(self, batch: dict) -> Terms:
         """The objective's training loss of a batch: its mean, what it is a mean over (label tokens, examples,
         pairs), and what else to log."""
-        return self.objective.terms(self.policy, batch, training=True)
+        return self.objective.terms(self.policy, self.with_reference(batch, "train"), training=True)
+
+    def with_reference(self, batch: dict, split: str) -> dict:
+        """The batch with its precomputed reference log-probabilities, when the objective takes them."""
+        return self.precomputed.attach(batch, split) if self.precomputed else batch
+
+    def prepare_reference(self, splits: list[str]) -> None:
+        """`reference: precomputed`: every split's tables, from the cache or computed now (before the first step,
+        where the policy is still the reference)."""
+        if self.precomputed is None:
+            return
+        datamodule = self.trainer.datamodule
+        available = [split for split in splits if split in getattr(datamodule, "datasets", None) or {}]
+        self.precomputed.trained |= self.trainer.ckpt_path is not None  # resumed, or validating a checkpoint
+        self.precomputed.prepare(datamodule, available, write=self.global_rank == 0)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
@@ -204,12 +261,18 @@ class FineTuneModule(LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> dict:
         """Accumulate the loss and the objective's terms, weighted by what each is a mean over; return a
         classifier's predictions for the metric callbacks."""
-        terms: Terms = self.objective.terms(self.policy, batch, training=False)
+        terms: Terms = self.objective.terms(self.policy, self.with_reference(batch, stage), training=False)
         for name, value in {"loss": terms.loss, **terms.logged}.items():
             self.eval_means[f"{stage}_{name}"].update(value.detach(), terms.weight(name))
         if terms.logits is None:
             return {"loss": terms.loss}
         return {"loss": terms.loss, "preds": terms.logits.argmax(-1), "target": batch["labels"]}
+
+    def on_validation_start(self) -> None:
+        self.prepare_reference(["val"])
+
+    def on_test_start(self) -> None:
+        self.prepare_reference(["test"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_means("val")
@@ -234,6 +297,7 @@ class FineTuneModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
+        self.prepare_reference(["train", "val"])
         self.parameter_counts = trainable, total = count_parameters(self.model)
         rank_zero_info(f"trainable: {trainable:,} / {total:,} ({100 * trainable / total:.2f}%)  {self.method!r}")
 

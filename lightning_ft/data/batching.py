@@ -128,6 +128,20 @@ class WithStepTerms(Dataset):
         return {**example, "step_terms": step_terms, "example_ids": ids if real else []}
 
 
+class WithIndex(Dataset):
+    """Items with their index in `example_ids`, as training items carry theirs (precomputed references look
+    their examples up by it)."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.data[index], "example_ids": [index]}
+
+
 def length_grouped_order(lengths: Sequence[int], batch_size: int) -> Callable[[torch.Generator], list[int]]:
     """Shuffled mega-batches of 50 batches, sorted by length inside (transformers' group_by_length)."""
     return lambda generator: get_length_grouped_indices(list(lengths), batch_size, generator=generator)
@@ -253,6 +267,7 @@ def collate(examples: list[dict], pad_token_id: int, pad_to_multiple_of: int | N
         batch["desirable"] = torch.tensor([d for e in given for d in numbers(e["desirable"])], dtype=torch.bool)
     if "step_terms" in given[0]:
         batch["step_terms"] = torch.tensor(given[0]["step_terms"])
+    if "example_ids" in given[0]:
         batch["example_ids"] = torch.tensor([i for e in given for i in e["example_ids"]], dtype=torch.long)
     batch["num_tokens"] = torch.tensor(sum(len(e["input_ids"]) for e in given))  # real tokens: throughput counts
     return batch

@@ -17,6 +17,7 @@ from lightning_ft.data.batching import (
     PackedDataset,
     ResumableLoader,
     StepBatchSampler,
+    WithIndex,
     WithStepTerms,
     collate,
     length_grouped_order,
@@ -280,7 +281,7 @@ class FineTuneDataModule(LightningDataModule):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         sampler = UnrepeatedDistributedSampler(data, shuffle=False) if distributed else None
         return DataLoader(
-            data,
+            WithIndex(data),
             batch_size=self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,

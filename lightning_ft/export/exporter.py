@@ -64,6 +64,11 @@ def export(args: ExportRequest) -> None:
     method, task, source = module.method, module.hparams.task, module.hparams.model_name_or_path
     reference = reference_name(module, source)
     whole = args.merge or method.saves_full_model or args.format == "onnx"
+    if module.hparams.get("init_from") and not whole:
+        raise UserError(
+            f"{checkpoint} adapts the model of --model.init_from {module.hparams.init_from}, not the base a plain "
+            "adapter would name: add --merge"
+        )
     if args.quantize and not whole:
         raise UserError("--quantize quantises the merged weights: add --merge (an adapter alone stays as trained)")
     dtype = TORCH_DTYPES[args.dtype or "float32"] if args.dtype or args.format == "onnx" else base_dtype(source)

@@ -52,6 +52,11 @@ class Objective(ABC):
         so the module's hparams keep the objective (Lightning drops what cannot be pickled)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
+    @property
+    def precomputes_reference(self) -> bool:
+        """Whether the reference's log-probabilities are computed once, before training (`reference: precomputed`)."""
+        return self.needs_reference and getattr(self, "reference", "live") == "precomputed"
+
     @classmethod
     def class_path(cls) -> str:
         """The import path configurations and checkpoints name the objective by."""

@@ -38,6 +38,8 @@ class DPO(Objective):
         label_smoothing: the chance a preference label is flipped (sigmoid: conservative DPO; robust: rDPO); in
             [0, 0.5).
         rpo_alpha: weight of a negative log-likelihood term on the chosen responses (RPO); None for none.
+        reference: live (a pass through the reference each step) or precomputed (once before training, cached on
+            disk with the data: objectives/precomputed.py).
         disable_dropout: switch the policy's dropout off (as TRL does by default): the log-ratios then compare
             the same computation, and the reference pass matches the policy's.
     """
@@ -47,6 +49,7 @@ class DPO(Objective):
     label_smoothing: float = 0.0
     rpo_alpha: float | None = None
     disable_dropout: bool = True
+    reference: Literal["live", "precomputed"] = "live"
 
     eval_logged = REWARD_TERMS + LOGP_TERMS
     needs_reference = True

@@ -37,6 +37,8 @@ class KTO(Objective):
             desirable_weight x desirable count / (undesirable_weight x undesirable count) in [1, 4/3] (paper, eq. 8).
         loss_type: kto, or apo_zero_unpaired (APO-zero: no reference point, for completions better than the
             model's own).
+        reference: live (a pass through the reference each step) or precomputed (once before training, cached on
+            disk with the data: objectives/precomputed.py).
         disable_dropout: switch the policy's dropout off (as TRL does by default).
     """
 
@@ -45,6 +47,7 @@ class KTO(Objective):
     undesirable_weight: float = 1.0
     loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
     disable_dropout: bool = True
+    reference: Literal["live", "precomputed"] = "live"
 
     eval_logged = ("rewards_chosen", "rewards_rejected", "rewards_margins", "logps_chosen", "logps_rejected", "kl")
     needs_reference = True

@@ -54,8 +54,12 @@ def whole_sequence_labels(batch: dict) -> torch.Tensor:
 
 
 def policy_and_reference(policy: Forward, reference: Forward, batch: dict) -> tuple[PairLogps, PairLogps]:
-    """The policy's pair log-probabilities (with gradients) and the reference's."""
+    """The policy's pair log-probabilities (with gradients) and the reference's (precomputed ones if the batch
+    carries them: objectives/precomputed.py)."""
     mine = pair_logps(policy.label_logps(batch), batch)
+    if "reference_logps" in batch:
+        precomputed = batch["reference_logps"].to(mine.chosen.dtype)
+        return mine, mine._replace(chosen=precomputed[:, 0], rejected=precomputed[:, 1])
     reference.follow(batch)
     with torch.no_grad():
         theirs = pair_logps(reference.label_logps(batch), batch)
