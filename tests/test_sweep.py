@@ -62,3 +62,13 @@ def test_a_slurm_sweep_writes_one_job_per_combination(cli, fit_args, tmp_path, c
     assert [script.parts[-4] for script in scripts] == ["lr=1e-3", "lr=1e-4"]
     frozen = [yaml.safe_load((script.parent / "config.yaml").read_text()) for script in scripts]
     assert [config["model"]["optim"]["lr"] for config in frozen] == [1e-3, 1e-4]
+
+
+def test_a_grid_over_an_objectives_setting_freezes_one_config_each(cli, fit_args, data_dir, tmp_path):
+    pairs = ["--data.format", "preference", "--data.train_path", str(data_dir / "pref_train.jsonl")]
+    args = fit_args("--trainer.devices", "auto", "--model.objective", "DPO", *pairs)[1:]
+    assert cli(["sweep", *args, "--grid", "model.objective.beta=[0.05, 0.3]", "--slurm", "--dry-run"]) == 0
+    scripts = sorted(tmp_path.glob("run/*/slurm/*/job.sbatch"))
+    frozen = [yaml.safe_load((script.parent / "config.yaml").read_text()) for script in scripts]
+    assert [config["model"]["objective"]["init_args"]["beta"] for config in frozen] == [0.05, 0.3]
+    assert {config["model"]["objective"]["class_path"] for config in frozen} == {"lightning_ft.objectives.dpo.DPO"}
