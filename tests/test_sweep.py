@@ -71,4 +71,4 @@ def test_a_grid_over_an_objectives_setting_freezes_one_config_each(cli, fit_args
     scripts = sorted(tmp_path.glob("run/*/slurm/*/job.sbatch"))
     frozen = [yaml.safe_load((script.parent / "config.yaml").read_text()) for script in scripts]
     assert [config["model"]["objective"]["init_args"]["beta"] for config in frozen] == [0.05, 0.3]
-    assert {config["model"]["objective"]["class_path"] for config in frozen} == {"lightning_ft.objectives.dpo.DPO"}
+    assert {config["model"]["objective"]["class_path"] for config in frozen} == {"lightning_ft.objectives.DPO"}
