@@ -219,7 +219,7 @@ class FineTuneModule(LightningModule):
         if self.precomputed is None:
             return
         datamodule = self.trainer.datamodule
-        available = [split for split in splits if split in getattr(datamodule, "datasets", None) or {}]
+        available = [split for split in splits if split in (getattr(datamodule, "datasets", None) or {})]
         self.precomputed.trained |= self.trainer.ckpt_path is not None  # resumed, or validating a checkpoint
         self.precomputed.prepare(datamodule, available, write=self.global_rank == 0)
 

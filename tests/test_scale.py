@@ -173,6 +173,18 @@ def test_gpu_only_presets_refuse_cpu_in_one_line(cli, fit_args, capsys, preset):
     assert len(errors) == 1 and "needs CUDA GPUs" in errors[0], errors
 
 
+def test_dpo_with_full_fine_tuning_under_fsdp2_asks_for_a_reference_it_can_have(cli, fit_args, data_dir, capsys):
+    """A frozen copy of a sharded model cannot be made: refused in one line, before any process starts."""
+    pairs = ["--data.format", "preference", "--data.train_path", str(data_dir / "pref_train.jsonl")]
+    args = fit_args("--trainer.devices", "2", "--model.objective", "DPO", *pairs)
+    assert cli(["fit", "--config", str(ROOT / "configs/strategy/fsdp2.yaml"), *args[1:]]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: --model.objective DPO with Full fine-tuning under FSDP2Strategy: the frozen reference copy of a "
+        "sharded model cannot be made; set --model.objective.reference precomputed, or train an adapter (LoRA)"
+    ]
+
+
 def run_fsdp1_qlora(tiny_model, storage: str) -> str:
     script = ROOT / "tests/scripts/fsdp1_qlora.py"
     done = subprocess.run([sys.executable, script, tiny_model, storage], check=False, capture_output=True, text=True)

@@ -33,7 +33,12 @@ from lightning_ft.callbacks import (
 )
 from lightning_ft.checkpoints import SafeCheckpointIO, resume_point
 from lightning_ft.data import FineTuneDataModule
-from lightning_ft.distributed.presets import check_strategy, fill_data_parallel_size, fit_method_to_strategy
+from lightning_ft.distributed.presets import (
+    check_reference,
+    check_strategy,
+    fill_data_parallel_size,
+    fit_method_to_strategy,
+)
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
 from lightning_ft.module import FineTuneModule
@@ -144,6 +149,7 @@ class FineTuneCLI(LightningCLI):
         check_strategy(config.trainer)
         fill_data_parallel_size(config.trainer)
         fit_method_to_strategy(config.trainer, config.model)
+        check_reference(config.trainer, config.model)
         if self.subcommand == "fit":
             run_dir = Path(config.trainer.default_root_dir or ".")
             if self.held is not None and rank_zero_only.rank == 0:  # one lock per fit, not per process of it

@@ -231,7 +231,8 @@ class FineTuneDataModule(LightningDataModule):
             [c for c in ("input_ids", "labels", "sequence", "desirable") if c in split.column_names]
         )
 
-    def _collate(self):
+    def collator(self):
+        """The function that makes a batch of this data's examples."""
         pad = self.get_tokenizer().pad_token_id
         return partial(collate, pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of)
 
@@ -270,7 +271,7 @@ class FineTuneDataModule(LightningDataModule):
             WithStepTerms(data),
             batch_sampler=self.train_sampler,
             num_workers=self.num_workers,
-            collate_fn=self._collate(),
+            collate_fn=self.collator(),
         )
 
     def eval_loader(self, name: str) -> DataLoader:
@@ -285,7 +286,7 @@ class FineTuneDataModule(LightningDataModule):
             batch_size=self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self._collate(),
+            collate_fn=self.collator(),
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -5,6 +5,8 @@ These work on the parsed configuration (jsonargparse Namespaces), so a mistake i
 
 from __future__ import annotations
 
+import pydoc
+
 import torch
 from jsonargparse import Namespace
 
@@ -53,6 +55,27 @@ def fill_data_parallel_size(trainer) -> None:
         if not isinstance(trainer.devices, int) and not str(trainer.devices).isdigit():
             raise UserError("--trainer.devices must be a number with configs/strategy/fsdp2.yaml (e.g. 4)")
         args.data_parallel_size = int(trainer.devices) * int(trainer.num_nodes)
+
+
+def check_reference(trainer: Namespace, model: Namespace) -> None:
+    """An objective comparing against the model before training needs a reference the method and strategy can give:
+    with Full fine-tuning that is a frozen copy, and a sharded model cannot be copied (each process holds a shard)."""
+    objective, method = model.get("objective"), model.get("method")
+    if not isinstance(objective, Namespace):
+        return
+    cls = pydoc.locate(str(objective.class_path))  # jsonargparse checked that it names an Objective
+    settings = objective.get("init_args") or Namespace()
+    if not getattr(cls, "needs_reference", False) or settings.get("reference") == "precomputed":
+        return
+    trains_the_base = method is None or getattr(method_class(str(method.class_path)), "saves_full_model", False)
+    strategy, name = trainer.get("strategy"), strategy_name(trainer)
+    stage = strategy.get("init_args", Namespace()).get("stage") if isinstance(strategy, Namespace) else None
+    sharded = name in ("FSDPStrategy", *MODEL_PARALLEL_STRATEGIES) or name.startswith(("fsdp", "deepspeed_stage_3"))
+    if trains_the_base and (sharded or (name == "DeepSpeedStrategy" and stage == 3)):
+        raise UserError(
+            f"--model.objective {cls.__name__} with Full fine-tuning under {name}: the frozen reference copy of a "
+            "sharded model cannot be made; set --model.objective.reference precomputed, or train an adapter (LoRA)"
+        )
 
 
 def fit_method_to_strategy(trainer: Namespace, model: Namespace) -> None:

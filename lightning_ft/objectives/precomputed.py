@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
@@ -24,12 +23,16 @@ from lightning_ft.objectives.pairs import pair_logps
 
 
 def reference_key(model_name_or_path: str, init_from: str | None, dtype: str) -> str:
-    """What the reference model is, without reading its weights: its files' names, sizes and times."""
+    """What the reference model is, without reading its weights: its files' names, sizes and times (a hub id
+    by its name)."""
     parts = []
     for source in filter(None, (model_name_or_path, init_from)):
         path = Path(source).expanduser().resolve()
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
-        parts.append([str(path)] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()])
+        files = sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
+        parts.append(
+            [str(path) if path.exists() else source]
+            + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+        )
     return hashlib.sha256(json.dumps([parts, dtype]).encode()).hexdigest()[:16]
 
 
@@ -68,12 +71,11 @@ class PrecomputedReference:
         model = self.reference.model
         modes = {module: module.training for module in model.modules()}
         model.eval()
-        loader = DataLoader(
-            datamodule.model_columns(split), datamodule.eval_batch_size, collate_fn=datamodule._collate()
-        )
+        data, collate, size = datamodule.model_columns(split), datamodule.collator(), datamodule.eval_batch_size
         device = next(model.parameters()).device
         sums = []
-        for batch in loader:
+        for start in range(0, len(data), size):  # not a DataLoader: that draws its seed from the global RNG
+            batch = collate([data[i] for i in range(start, min(start + size, len(data)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             logps = pair_logps(self.reference.label_logps(batch), batch)
             sums.append(torch.stack([logps.chosen, logps.rejected], dim=1).cpu())
