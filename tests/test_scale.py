@@ -85,13 +85,15 @@ def alone_runs() -> dict[tuple[str, str | None], Path]:
 
 @pytest.mark.parametrize(
     "strategy,method,objective",
-    [("ddp", "LoRA", None), ("fsdp2", "LoRA", None), ("fsdp2", "Full", None), ("ddp", "LoRA", "DPO")],
+    # DPO's runs cover LoRA's too (same method, sharding and resume, plus the reference): one case per pair.
+    [("ddp", "LoRA", "DPO"), ("fsdp2", "LoRA", "DPO"), ("fsdp2", "Full", None)],
 )
 def test_two_processes_fit_save_resume_like_one(
     cli, fit_args, data_dir, tmp_path, tmp_path_factory, alone_runs, strategy, method, objective
 ):
-    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps; for
-    DPO too (its loss a mean over a step's pairs, its reference the adapters-off pass in each process)."""
+    """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps, under
+    DDP and FSDP2; DPO's loss is a mean over a step's pairs, its reference the adapters-off pass in each process
+    (through the sharded blocks under FSDP2)."""
     # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
     common = [
         "--model.method",
@@ -179,10 +181,11 @@ def test_dpo_with_full_fine_tuning_under_fsdp2_asks_for_a_reference_it_can_have(
     args = fit_args("--trainer.devices", "2", "--model.objective", "DPO", *pairs)
     assert cli(["fit", "--config", str(ROOT / "configs/strategy/fsdp2.yaml"), *args[1:]]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == [
+    expected = (
         "error: --model.objective DPO with Full fine-tuning under FSDP2Strategy: the frozen reference copy of a "
         "sharded model cannot be made; set --model.objective.reference precomputed, or train an adapter (LoRA)"
-    ]
+    )
+    assert errors == [expected]
 
 
 def run_fsdp1_qlora(tiny_model, storage: str) -> str:
