@@ -257,12 +257,20 @@ def assert_finite(run_dir: Path) -> None:
     assert all(value.isfinite().all() for value in trained_weights(run_dir).values())
 
 
-def test_a_nan_batch_is_skipped_and_named_by_its_source_lines(cli, fit_args, tmp_path, monkeypatch):
+@pytest.mark.parametrize("objective", ["CrossEntropy", "DPO"])
+def test_a_nan_batch_is_skipped_and_named_by_its_source_lines(
+    cli, fit_args, data_dir, tmp_path, monkeypatch, objective
+):
     poison(monkeypatch, {5})
     log = tmp_path / "steps.jsonl"
-    args = recording(fit_args(*COMMON, *BATCHING["pad"], "--trainer.max_steps", "8"), log)  # one epoch: once
+    data = ["--model.objective", objective]
+    if objective == "DPO":  # a batch of pairs, named by the lines of the pairs
+        data += ["--data.format", "preference", "--data.train_path", str(data_dir / "pref_train.jsonl")]
+        data += ["--data.val_path", str(data_dir / "pref_val.jsonl"), "--generation.num_samples", "0"]
+    args = recording(fit_args(*COMMON, *BATCHING["pad"], *data, "--trainer.max_steps", "8"), log)  # one epoch: once
+    source = "pref_train" if objective == "DPO" else "train"
     with pytest.warns(
-        UserWarning, match=r"non-finite loss or gradient \(loss nan\) from .*train\.jsonl lines \d+, \d+"
+        UserWarning, match=rf"non-finite loss or gradient \(loss nan\) from .*/{source}\.jsonl lines \d+, \d+"
     ) as w:
         assert cli(args) == 0
     assert sum("update skipped" in str(warning.message) for warning in w) == 1
