@@ -281,8 +281,12 @@ def test_a_dpo_run_fits_validates_and_exports_an_adapter_plain_peft_loads(
     assert cli(fit_args(*dpo, "--checkpoint.monitor", "val_rewards_accuracies", "--checkpoint.mode", "max")) == 0
     final = json.loads((run / "run.json").read_text())["metrics"]["final"]
     assert {f"val_{name.replace('/', '_')}" for name in TRL_METRICS} <= set(final) and "val_perplexity" not in final
-    checkpoint = run / "checkpoints" / "last.ckpt"
     capsys.readouterr()
+    assert cli(["compare", str(run), "--metric", "val_rewards_accuracies"]) == 0
+    shown = capsys.readouterr().out
+    best = json.loads((run / "run.json").read_text())["metrics"]["best"]["val_rewards_accuracies"]  # max: monitored
+    assert best >= final["val_rewards_accuracies"] and f"│ {best:.4f} " in shown
+    checkpoint = run / "checkpoints" / "last.ckpt"
     validate = fit_args(*dpo, run_dir=tmp_path / "validate")[1:]
     assert cli(["validate", *validate, "--ckpt_path", str(checkpoint)]) == 0
     shown = re.search(r"val_loss\s+│?\s*([\d.]+)", capsys.readouterr().out)

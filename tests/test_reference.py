@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from test_dpo import QUIET
+from transformers import AutoModelForCausalLM
 
 from lightning_ft import FineTuneDataModule, FineTuneModule, Full, LoRA
 from lightning_ft.errors import UserError
@@ -14,6 +15,7 @@ from lightning_ft.objectives import DPO
 from lightning_ft.objectives.pairs import pair_logps
 from lightning_ft.objectives.precomputed import PrecomputedReference
 from lightning_ft.optim import Optim
+from lightning_ft.trained import load_causal_lm
 
 
 def pairs_data(tiny_model, data_dir, cache) -> FineTuneDataModule:
@@ -101,6 +103,12 @@ def test_dpo_from_a_lora_sft_checkpoint_starts_from_and_compares_against_the_mer
     assert cli(fit_args(*dpo, "--generation.num_samples", "0", run_dir=tmp_path / "dpo")) == 0
     aligned = tmp_path / "dpo" / "checkpoints" / "last.ckpt"
     assert cli(["export", "--ckpt", str(aligned), "--merge", "--output", str(tmp_path / "aligned")]) == 0
+    # What `lightning-ft eval --model CKPT` evaluates: the aligned model, SFT start and DPO adapter together.
+    evaluated, _ = load_causal_lm(str(aligned))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "aligned")
+    probe = {"input_ids": batch["input_ids"][:2], "attention_mask": batch["attention_mask"][:2]}
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated(**probe).logits, exported(**probe).logits, rtol=1e-4, atol=1e-4)
     capsys.readouterr()
     assert cli(["export", "--ckpt", str(aligned), "--output", str(tmp_path / "adapter")]) == 2
     assert "adapts the model of --model.init_from" in capsys.readouterr().err and not (tmp_path / "adapter").exists()
