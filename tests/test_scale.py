@@ -93,7 +93,7 @@ def test_two_processes_fit_save_resume_like_one(
 ):
     """2 CPU processes x batch 2, stopped after 4 steps and resumed to 8 == 1 process x batch 4 for 8 steps, under
     DDP and FSDP2; DPO's loss is a mean over a step's pairs, its reference the adapters-off pass in each process
-    (through the sharded blocks under FSDP2)."""
+    (under FSDP2: precomputed through the sharded blocks, by each process, and read back on resume)."""
     # A constant schedule: the interrupted run's first half has max_steps 4, and a cosine would end there.
     common = [
         "--model.method",
@@ -123,11 +123,15 @@ def test_two_processes_fit_save_resume_like_one(
 
     shared = tmp_path / strategy
     preset = ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
+    if objective and strategy == "fsdp2":  # the reference precomputed through the sharded blocks, then read back
+        common += ["--model.objective.reference", "precomputed", "--data.cache_dir", str(tmp_path / "cache")]
     halves = (["--trainer.max_steps", "4"], ["--ckpt_path", "last"])  # stop after 4, then resume to 8
     for extra, sharded in zip(halves, SHARDED.get((strategy, method), (False, False)), strict=True):
         extra += ["--trainer.strategy.init_args.save_distributed_checkpoint", "true"] if sharded else []
         args = fit_args(*common, "--trainer.devices", "2", "--data.batch_size", "2", *extra, run_dir=shared)
         run_in_processes("-m", "lightning_ft", "fit", *preset, *args[1:])
+    if objective and strategy == "fsdp2":
+        assert len(list((tmp_path / "cache").glob("*/reference/*.pt"))) == 1
     last = shared / "checkpoints/last.ckpt"
     if last.is_dir():
         assert (last / ".metadata").is_file()
