@@ -218,10 +218,8 @@ class FineTuneModule(LightningModule):
         where the policy is still the reference)."""
         if self.precomputed is None:
             return
-        datamodule = self.trainer.datamodule
-        available = [split for split in splits if split in (getattr(datamodule, "datasets", None) or {})]
         self.precomputed.trained |= self.trainer.ckpt_path is not None  # resumed, or validating a checkpoint
-        self.precomputed.prepare(datamodule, available, write=self.global_rank == 0)
+        self.precomputed.prepare(self.trainer.datamodule, splits, write=self.global_rank == 0)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}

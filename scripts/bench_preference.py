@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_throughput import rotating_runs
 from tiny_model import build_tiny_llama
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/hh_rlhf_harmless_base_test/test.preference.jsonl"
@@ -207,17 +207,6 @@ def run(name: str, workdir: Path) -> dict:
     }  # fmt: skip
 
 
-def run_in_process(name: str, workdir: Path) -> dict:
-    """One contender in a fresh Python process (its own imports, allocator and peak RSS)."""
-    out = workdir / f"result-{name}.json"
-    command = [sys.executable, __file__, "--run", name, "--workdir", str(workdir), "--json", str(out)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(out.read_text())
-
-
 def summarise(results: list[dict]) -> list[dict]:
     rows = []
     for name, label in CONTENDERS.items():
@@ -298,14 +287,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         workload = prepare(args, workdir)
-        results = []
-        for repeat in range(args.repeats):
-            shift = repeat % len(args.contenders)
-            for name in args.contenders[shift:] + args.contenders[:shift]:  # interleaved, rotating order
-                result = run_in_process(name, workdir)
-                print(f"repeat {repeat + 1}: {name}: {result['tokens_per_s']:,.0f} real tokens/s", flush=True)
-                results.append(result)
-        rows = summarise(results)
+        rows = summarise(rotating_runs(args.contenders, args.repeats, workdir, __file__))
         checks = verdict(rows)
         print_table(rows, checks, workload)
         if args.json:

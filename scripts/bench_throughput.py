@@ -68,15 +68,28 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Workload:
     return workload
 
 
-def run_in_process(name: str, workdir: Path) -> dict:
-    """One contender in a fresh Python process (its own imports, allocator and peak RSS)."""
+def run_in_process(name: str, workdir: Path, script: str = __file__) -> dict:
+    """One contender in a fresh Python process (its own imports, allocator and peak RSS): `script --run NAME`."""
     out = workdir / f"result-{name}.json"
-    command = [sys.executable, __file__, "--run", name, "--workdir", str(workdir), "--json", str(out)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, script, "--run", name, "--workdir", str(workdir), "--json", str(out)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
+
+
+def rotating_runs(contenders: list[str], repeats: int, workdir: Path, script: str = __file__) -> list[dict]:
+    """Every contender `repeats` times, each in a process of its own, interleaved with the order rotating from
+    repeat to repeat (a machine that slows down or warms up weighs on all alike)."""
+    results = []
+    for repeat in range(repeats):
+        shift = repeat % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            result = run_in_process(name, workdir, script)
+            print(f"repeat {repeat + 1}: {name}: {result['tokens_per_s']:,.0f} real tokens/s", flush=True)
+            results.append({**result, "repeat": repeat})
+    return results
 
 
 def peak_flops() -> float | None:
@@ -198,13 +211,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         workload = prepare(args, workdir)
-        results = []
-        for repeat in range(args.repeats):
-            shift = repeat % len(args.contenders)
-            for name in args.contenders[shift:] + args.contenders[:shift]:  # interleaved, rotating order
-                result = run_in_process(name, workdir)
-                print(f"repeat {repeat + 1}: {name}: {result['tokens_per_s']:,.0f} real tokens/s", flush=True)
-                results.append({**result, "repeat": repeat})
+        results = rotating_runs(args.contenders, args.repeats, workdir)
         rows = summarise(results, workload)
         checks = verdict(rows)
         print_table(rows, checks, workload)

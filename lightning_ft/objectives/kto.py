@@ -92,9 +92,14 @@ class KTO(Objective):
             "kl": kl,
         }
         logged["rewards_margins"] = logged["rewards_chosen"] - logged["rewards_rejected"]
-        counts = {"chosen": int(chosen.sum()), "rejected": int(rejected.sum())}
-        weights = {name: counts[name.rsplit("_", 1)[1]] for name in logged if name.endswith(("chosen", "rejected"))}
-        weights["rewards_margins"] = int(real.sum()) if counts["chosen"] and counts["rejected"] else 0
+        desirables, undesirables = int(chosen.sum()), int(rejected.sum())
+        weights = {  # what each term is a mean over (kl, as the loss: every completion)
+            "rewards_chosen": desirables,
+            "logps_chosen": desirables,
+            "rewards_rejected": undesirables,
+            "logps_rejected": undesirables,
+            "rewards_margins": desirables + undesirables if desirables and undesirables else 0,
+        }
         return Terms(mean_over(losses, real), int(real.sum()), logged, weights=weights)
 
     def reference_point(self, kl_ratios: torch.Tensor, real: torch.Tensor, training: bool) -> torch.Tensor:

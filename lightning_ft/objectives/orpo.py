@@ -19,7 +19,14 @@ from lightning_ft.constants import Task
 from lightning_ft.forward import Forward
 from lightning_ft.objectives.base import Objective, Terms
 from lightning_ft.objectives.dpo import LOGP_TERMS, REWARD_TERMS, reward_terms
-from lightning_ft.objectives.pairs import check_settings, chosen_nll, mean_over, pair_logps, whole_sequence_labels
+from lightning_ft.objectives.pairs import (
+    check_settings,
+    chosen_nll,
+    mean_over,
+    pair_logps,
+    per_token,
+    whole_sequence_labels,
+)
 
 
 @dataclass
@@ -46,10 +53,7 @@ class ORPO(Objective):
         whole = {**batch, "labels": whole_sequence_labels(batch)}
         token_logps = policy.label_logps(whole if self.nll_on_prompt else batch)
         sums = pair_logps(token_logps, batch)
-        mean = sums._replace(
-            chosen=sums.chosen / sums.chosen_tokens.clamp(min=1),
-            rejected=sums.rejected / sums.rejected_tokens.clamp(min=1),
-        )
+        mean = per_token(sums)
         nll = chosen_nll(pair_logps(token_logps, whole)._replace(real=sums.real) if self.nll_on_prompt else sums)
         log_odds = (mean.chosen - mean.rejected) - (log1mexp(mean.chosen) - log1mexp(mean.rejected))
         ratio = F.logsigmoid(log_odds)

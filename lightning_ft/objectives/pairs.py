@@ -44,6 +44,13 @@ def pair_logps(token_logps: torch.Tensor, batch: dict) -> PairLogps:
     )
 
 
+def per_token(sums: PairLogps) -> PairLogps:
+    """The responses' mean token log-probabilities (SimPO's and ORPO's length-normalised ones)."""
+    return sums._replace(
+        chosen=sums.chosen / sums.chosen_tokens.clamp(min=1), rejected=sums.rejected / sums.rejected_tokens.clamp(min=1)
+    )
+
+
 def whole_sequence_labels(batch: dict) -> torch.Tensor:
     """Labels on every token of every sequence but its first (nothing in the sequence predicts it), prompts too:
     for objectives with a term on whole sequences (ORPO's NLL)."""

@@ -48,9 +48,10 @@ class PrecomputedReference:
         self.tables: dict[str, torch.Tensor] = {}
 
     def prepare(self, datamodule, splits: list[str], *, write: bool) -> None:
-        """Load each split's table from the cache, or compute and cache it."""
+        """Load the table of each split the data has from the cache, or compute and cache it."""
         if not hasattr(datamodule, "model_columns"):
             raise UserError("reference: precomputed needs lightning_ft's FineTuneDataModule (it caches the tables)")
+        splits = [split for split in splits if split in datamodule.datasets]
         path = datamodule.cache.path / "reference" / f"{self.key}.pt"
         cached = torch.load(path, weights_only=True) if path.is_file() else {}
         missing = [split for split in splits if split not in cached and split not in self.tables]

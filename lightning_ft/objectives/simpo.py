@@ -17,7 +17,7 @@ from lightning_ft.constants import Task
 from lightning_ft.forward import Forward
 from lightning_ft.objectives.base import Objective, Terms
 from lightning_ft.objectives.dpo import LOGP_TERMS, REWARD_TERMS, reward_terms
-from lightning_ft.objectives.pairs import check_settings, chosen_nll, mean_over, pair_logps
+from lightning_ft.objectives.pairs import check_settings, chosen_nll, mean_over, pair_logps, per_token
 
 
 @dataclass
@@ -44,10 +44,7 @@ class SimPO(Objective):
 
     def terms(self, policy: Forward, batch: dict, training: bool) -> Terms:
         sums = pair_logps(policy.label_logps(batch), batch)
-        mean = sums._replace(
-            chosen=sums.chosen / sums.chosen_tokens.clamp(min=1),
-            rejected=sums.rejected / sums.rejected_tokens.clamp(min=1),
-        )
+        mean = per_token(sums)
         margin = self.beta * (mean.chosen - mean.rejected) - self.gamma
         eps = self.label_smoothing
         loss = mean_over(-(1 - eps) * F.logsigmoid(margin) - eps * F.logsigmoid(-margin), sums.real)

@@ -118,12 +118,7 @@ class Preference(DataFormat):
     def generation_example(self, record: dict, tokenizer) -> dict:
         """The prompt as the model sees it before answering, and the chosen response."""
         prompt, chosen, _ = self.parts(record)
-        if isinstance(prompt, str):
-            return {"prompt": prompt, "prompt_ids": tokenizer(prompt)["input_ids"], "reference": chosen}
-        text = self.chat.render_function(record, tokenizer)(prompt, True)
-        reference = "\n".join(turn["content"] for turn in chosen if turn["role"] == "assistant")
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return {"prompt": text, "prompt_ids": ids, "reference": reference}
+        return prompt_and_reference(self.chat, record, tokenizer, prompt, chosen)
 
 
 def two_sequences(prompt: list[int], first: list[int], second: list[int], rules: TokenRules) -> tuple[dict | None, str]:
@@ -194,3 +189,17 @@ def read_response(record: dict, name: str) -> str | list[dict]:
     if name not in record:
         raise UserError(f"field '{name}' is missing (fields there: {', '.join(sorted(record)) or 'none'})")
     raise UserError(f"field '{name}' is {'empty' if value is None else 'neither text nor a list of turns'}")
+
+
+def prompt_and_reference(chat: Chat, record: dict, tokenizer, prompt, response) -> dict:
+    """A generation example: the prompt as the model sees it before answering, and the response as the reference
+    (its assistant turns' text)."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "prompt_ids": tokenizer(prompt)["input_ids"], "reference": response}
+    text = chat.render_function(record, tokenizer)(prompt, True)
+    reference = "\n".join(turn["content"] for turn in response if turn["role"] == "assistant")
+    return {
+        "prompt": text,
+        "prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"],
+        "reference": reference,
+    }

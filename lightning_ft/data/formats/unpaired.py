@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lightning_ft.data.formats.base import DataFormat, EncodeContext, TokenRules
 from lightning_ft.data.formats.chat import Chat, read_turns
-from lightning_ft.data.formats.preference import read_response, response_tokens, two_sequences
+from lightning_ft.data.formats.preference import prompt_and_reference, read_response, response_tokens, two_sequences
 from lightning_ft.errors import UserError
 
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -54,6 +54,10 @@ class Unpaired(DataFormat):
     def key_fields(self) -> list[str]:
         return [self.label_field] + ([self.tools_field] if self.tools_field else [])
 
+    @property
+    def chat(self) -> Chat:
+        return Chat(chat_template=self.chat_template, tools_field=self.tools_field)
+
     def parts(self, record: dict) -> tuple[str | list[dict], str | list[dict]]:
         prompt, completion = record.get(self.prompt_field), read_response(record, self.completion_field)
         if isinstance(prompt, list):
@@ -78,8 +82,7 @@ class Unpaired(DataFormat):
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         """{"prompt_ids", "completion_ids", "desirable"}."""
         prompt, completion = self.parts(record)
-        chat = Chat(chat_template=self.chat_template, tools_field=self.tools_field)
-        prompt_ids, (completion_ids,) = response_tokens(chat, record, ctx.tokenizer, prompt, [completion])
+        prompt_ids, (completion_ids,) = response_tokens(self.chat, record, ctx.tokenizer, prompt, [completion])
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "desirable": self.desirable(record)}
 
     def encode_in(self, encoded: Callable[[int], dict], index: int) -> dict:
@@ -102,14 +105,4 @@ class Unpaired(DataFormat):
         """The prompt as the model sees it before answering, and a desirable completion (none for the others)."""
         if not self.desirable(record):
             return None
-        prompt, completion = self.parts(record)
-        if isinstance(prompt, str):
-            return {"prompt": prompt, "prompt_ids": tokenizer(prompt)["input_ids"], "reference": completion}
-        chat = Chat(chat_template=self.chat_template, tools_field=self.tools_field)
-        text = chat.render_function(record, tokenizer)(prompt, True)
-        reference = "\n".join(turn["content"] for turn in completion if turn["role"] == "assistant")
-        return {
-            "prompt": text,
-            "prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"],
-            "reference": reference,
-        }
+        return prompt_and_reference(self.chat, record, tokenizer, *self.parts(record))
