@@ -6,6 +6,7 @@ import os
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -32,6 +33,15 @@ def check_model_source(name_or_path: str) -> None:
         raise UserError(f"--model.model_name_or_path: no such directory: {name_or_path}")
 
 
+def check_model_dir(name_or_path: str) -> None:
+    """As `check_model_source`, and a local directory must hold a model (a run dir, say, holds none)."""
+    check_model_source(name_or_path)
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        hint = "; a run dir? export its checkpoint and pass the export" if os.path.isdir(f"{path}/checkpoints") else ""
+        raise UserError(f"--model.model_name_or_path: {name_or_path} holds no model (no config.json){hint}")
+
+
 def _from_pretrained(loader, name_or_path: str, **kwargs):
     check_model_source(name_or_path)
     try:
@@ -45,6 +55,16 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
             f"'{name_or_path}' needs its own Python code to load; it runs only with --model.trust_remote_code true "
             "(only for a source you trust)"
         ) from err
+
+
+def context_length(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """The positions the model was trained on (its config's max_position_embeddings), when it says; None when the
+    config does not read (loading the model then says why)."""
+    try:
+        config = _from_pretrained(AutoConfig, name_or_path, trust_remote_code=trust_remote_code)
+    except (UserError, ValueError):
+        return None
+    return getattr(config, "max_position_embeddings", None)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -24,7 +24,7 @@ from lightning_ft.constants import DType, Task
 from lightning_ft.distributed import all_gather_objects, shard_transformer_blocks
 from lightning_ft.errors import UserError
 from lightning_ft.forward import Forward
-from lightning_ft.loading import check_model_source, load_model, load_tokenizer
+from lightning_ft.loading import check_model_dir, load_model, load_tokenizer
 from lightning_ft.methods import Full, Method, count_parameters
 from lightning_ft.objectives import CrossEntropy, Objective, Terms
 from lightning_ft.objectives.precomputed import PrecomputedReference, reference_key
@@ -71,7 +71,7 @@ class FineTuneModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_model_source(model_name_or_path)
+        check_model_dir(model_name_or_path)
         self.method = method or Full()
         self.method.check(gradient_checkpointing=gradient_checkpointing)
         if compile and not torch.cuda.is_available() and not c_compiler():

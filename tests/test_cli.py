@@ -140,10 +140,11 @@ def test_a_rerun_continues_from_the_newest_checkpoint_and_null_refuses(cli, fit_
         (["--model.method", "LoRA", "--model.method.rank", "4"], "LoRA has no option 'rank' (its options: r, alpha"),
         (["--model.method.rank", "4"], "--model.method.rank: no method chosen to take it; give one first (choose"),
         (["--data.format.input_field", "x"], "give the format as a class first, e.g. --data.format Instruction"),
+        (["--model.model_name_or_path", "/tmp"], "--model.model_name_or_path: /tmp holds no model (no config.json)"),
     ],
     ids=[
         *("model-path", "method", "target-modules", "data-file", "format", "bad-value", "lr", "rank", "read-only"),
-        *("method-value", "method-option", "method-missing", "format-option"),
+        *("method-value", "method-option", "method-missing", "format-option", "not-a-model"),
     ],
 )
 def test_bad_input_is_one_error_line(cli, fit_args, capsys, flags, message):
@@ -262,3 +263,10 @@ def test_run_files_get_the_permissions_open_would_give(tmp_path):
     plain.write_text("{}")
     write_json_atomically(tmp_path / "atomic.json", {})
     assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_a_max_length_beyond_the_models_context_is_warned_about(cli, fit_args, tiny_model):
+    """The recipes' 1024 on a model of 512 positions (the README's commands on the demo model showed it)."""
+    context = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    with pytest.warns(UserWarning, match=rf"--data.max_length {2 * context} is longer than the model's context"):
+        assert cli(fit_args("--data.max_length", str(2 * context), "--trainer.max_steps", "1")) == 0

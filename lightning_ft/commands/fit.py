@@ -16,7 +16,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_ft.callbacks import (
     Checkpoint,
@@ -41,6 +41,7 @@ from lightning_ft.distributed.presets import (
 )
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
+from lightning_ft.loading import context_length
 from lightning_ft.module import FineTuneModule
 from lightning_ft.precision import fastest_precision
 from lightning_ft.tracking.loggers import finish_wandb_runs, prepare_loggers
@@ -205,6 +206,13 @@ class FineTuneCLI(LightningCLI):
             raise UserError(
                 f"--model.objective {type(objective).__name__} trains on {objective.unit}; --data.format "
                 f"{type(data_format).__name__} holds {data_format.unit}"
+            )
+        hparams, max_length = self.model.hparams, self.datamodule.token_rules.max_length
+        context = context_length(hparams.model_name_or_path, hparams.trust_remote_code)
+        if context and max_length > context:  # rope models run past it, but on positions they never trained on
+            rank_zero_warn(
+                f"--data.max_length {max_length} is longer than the model's context ({context} positions, its "
+                f"max_position_embeddings): set --data.max_length {context} or less"
             )
         if self.datamodule.batching == "pack" and not self.model.method.supports_packing:
             raise UserError(
