@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from conftest import write_jsonl
 from datasets import Dataset
 from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.parsing import is_picklable
 from peft import PeftModel
-from tiny_model import WORDS
+from tiny_model import WORDS, build_tiny_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_ft import BottleneckAdapter, FineTuneDataModule, FineTuneModule, Full, LoRA, PrefixTuning
@@ -162,35 +163,41 @@ def test_packed_pairs_give_the_unpacked_log_probabilities(tiny_model, data_dir):
 
 
 COLORS, ANIMALS = WORDS[:8], WORDS[8:]
-STEPS = 150
-SFT_STEPS = 150
+STEPS = 300
+SFT_STEPS = 400
 
 
 def category_pairs() -> list[dict]:
     """Name a color / an animal: chosen, a word of that kind; rejected, one of the other kind (every combination)."""
     rows = []
     for kind, same, other in (("a color", COLORS, ANIMALS), ("an animal", ANIMALS, COLORS)):
-        rows += [{"prompt": f"Name {kind}:", "chosen": f" {c}", "rejected": f" {r}"} for c in same for r in other]
+        rows += [{"prompt": f"Name {kind}:\n", "chosen": c, "rejected": r} for c in same for r in other]
     random.Random(0).shuffle(rows)
     return rows
 
 
 @pytest.fixture(scope="module")
-def sft_model(tiny_model, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """The usual start of DPO: a supervised model, here one that answers with a word of either kind at random
-    (greedy: always the same word, so right for one prompt of the two)."""
+def sft_model(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The usual start of DPO: a supervised model, here one trained to answer a word of the other kind 60% of the
+    time (greedy: wrong for both prompts). Its vocabulary holds each word as one token, as a real tokenizer's holds
+    common words, so the kind is decided at one position (spelled in the shared tiny model's characters, it is
+    decided inside prefixes such as "Ġbl" of blue and black). Its prompts tokenize as the pairs' do: the stripped
+    instruction, then the template's newline, equals the pairs' prompt ending in one (an SFT model trained on
+    another spelling gives the pairs' answers ~1e-8 and DPO only displaces)."""
     tmp = tmp_path_factory.mktemp("dpo")
     rows = category_pairs()
     train, val = rows[:96], rows[96:]
+    texts = [r["prompt"] + r[side] for r in rows for side in ("chosen", "rejected")]
+    base = build_tiny_llama(tmp / "base", texts, hidden=64, layers=2, vocab_size=400)
     pick = random.Random(1)
-    sft = [{"instruction": r["prompt"], "output": pick.choice([r["chosen"], r["rejected"]])} for r in train]
+    sft = [{"instruction": r["prompt"], "output": r["rejected" if pick.random() < 0.6 else "chosen"]} for r in train]
     seed_everything(0)
-    module = FineTuneModule(str(tiny_model), method=Full(), optim=Optim(lr=3e-3, scheduler="constant"))
-    raw = Instruction(template="{instruction}", template_no_input="{instruction}")
-    data = FineTuneDataModule(raw, str(write_jsonl(tmp / "sft.jsonl", sft)), tokenizer=str(tiny_model), max_length=64)
+    module = FineTuneModule(str(base), method=Full(), optim=Optim(lr=3e-3, scheduler="constant"))
+    raw = Instruction(template="{instruction}\n", template_no_input="{instruction}\n")
+    data = FineTuneDataModule(raw, str(write_jsonl(tmp / "sft.jsonl", sft)), tokenizer=str(base), max_length=64)
     Trainer(max_steps=SFT_STEPS, limit_val_batches=0, **QUIET).fit(module, data)
     module.model.save_pretrained(tmp / "sft")
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp / "sft")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp / "sft")
     write_jsonl(tmp / "train.jsonl", train)
     write_jsonl(tmp / "val.jsonl", val)
     # KTO's unpaired feedback: each training pair as two judged completions
@@ -211,63 +218,60 @@ def right_kind(model, tokenizer, val: list[dict]) -> float:
     return sum(bool(a.split()) and a.split()[0] in kind for a, kind in zip(answers, kinds)) / len(val)
 
 
+def align(model: Path, objective, data: FineTuneDataModule, val: list[dict], **fit) -> tuple[float, float, dict]:
+    """Full fine-tuning of the SFT model; returns the share of greedy answers of the asked kind before and after, and
+    the held-out DPO metrics (for KTO, of its policy scored as a DPO policy against the same reference)."""
+    seed_everything(0)
+    lr = fit.pop("lr", 1e-4)
+    module = FineTuneModule(str(model), method=Full(), objective=objective, optim=Optim(lr=lr, scheduler="constant"))
+    module.configure_model()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    before = right_kind(module.model, tokenizer, val)
+    Trainer(**fit, **QUIET).fit(module, data)
+    judge = FineTuneModule(str(model), method=Full(), objective=DPO())
+    judge.configure_model()
+    judge.load_state_dict(module.state_dict())
+    pairs = FineTuneDataModule(
+        "preference", str(model.parent / "train.jsonl"), val_path=str(model.parent / "val.jsonl"), tokenizer=str(model)
+    )
+    metrics = Trainer(**QUIET).validate(judge, pairs, verbose=False)[0]
+    return before, right_kind(module.model, tokenizer, val), metrics
+
+
 @pytest.mark.parametrize(
     "objective",
     [DPO(beta=0.1), DPO(beta=0.1, rpo_alpha=1.0), SimPO(beta=2.0, gamma=0.5), ORPO(beta=0.5)],
     ids=["dpo", "rpo", "simpo", "orpo"],
 )
 def test_dpo_learns_the_preferred_kind_of_answer(sft_model, objective):
+    """Stopped once held-out rewards/accuracies reaches 0.9 (checked every 25 steps), as one stops DPO: past that
+    point these objectives over-optimise, both likelihoods fall and the greedy answers stop being words, the
+    likelihood displacement of Razin et al. 2024 (measured with DPO: at 1e-4 the answers stay right to step ~150
+    and are gone by 250; at 1e-3 they are gone before accuracy reaches 0.9)."""
     model, val = sft_model
-    seed_everything(0)
-    module = FineTuneModule(str(model), method=LoRA(r=16, alpha=32, dropout=0.0), objective=objective)
-    module.optim = Optim(lr=5e-3, scheduler="constant")
     train_file, val_file = model.parent / "train.jsonl", model.parent / "val.jsonl"
     data = FineTuneDataModule(
         "preference", str(train_file), val_path=str(val_file), tokenizer=str(model), max_length=64
     )
-    module.configure_model()
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    before = right_kind(module.model, tokenizer, val)
-    Trainer(max_steps=STEPS, limit_val_batches=0, **QUIET).fit(module, data)
-    metrics = Trainer(**QUIET).validate(module, data, verbose=False)[0]
-    after = right_kind(module.model, tokenizer, val)
-    # Measured (32 held-out pairs; 0 before, when policy and reference are equal): accuracy 1.0 for each. Greedy
-    # answers of the right kind: 0.47 -> 0.0 with DPO and SimPO (both likelihoods fall until the answers are no
-    # words: the known failure that an NLL term prevents), 0.47 -> 1.0 with RPO and ORPO, which have one.
-    assert metrics["val_rewards_accuracies"] >= 0.9, metrics
-    assert metrics["val_rewards_margins"] > 0
-    if getattr(objective, "rpo_alpha", None) or isinstance(objective, ORPO):
-        assert before < 0.5 and after >= 0.9, (before, after)
+    stop = EarlyStopping("val_rewards_accuracies", mode="max", stopping_threshold=0.9, patience=STEPS)
+    fit = {"max_steps": STEPS, "val_check_interval": 25, "check_val_every_n_epoch": None, "callbacks": [stop]}
+    before, after, metrics = align(model, objective, data, val, **fit)
+    # Measured (32 held-out pairs; accuracy 0 before, when policy and reference are equal): stopped at steps 125 (DPO),
+    # 250 (RPO), 125 (SimPO), 75 (ORPO) with accuracies 0.91-0.94; greedy answers of the asked kind 0.0 -> 1.0 each
+    assert metrics["val_rewards_accuracies"] >= 0.9 and metrics["val_rewards_margins"] > 0, metrics
+    assert before < 0.5 and after >= 0.9, (before, after)
 
 
 def test_kto_learns_the_preferred_kind_of_answer_from_unpaired_feedback(sft_model):
     """Trained on judged completions, scored as DPO scores a policy on the held-out pairs: the implicit reward
     beta x (log-ratio to the reference) of the chosen response above the rejected one's."""
     model, val = sft_model
-    seed_everything(0)
-    lora = LoRA(r=16, alpha=32, dropout=0.0)
-    module = FineTuneModule(str(model), method=lora, objective=KTO(), optim=Optim(lr=5e-3, scheduler="constant"))
     feedback = FineTuneDataModule("unpaired", str(model.parent / "feedback.jsonl"), tokenizer=str(model), max_length=64)
-    module.configure_model()
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    before = right_kind(module.model, tokenizer, val)
-    Trainer(max_steps=STEPS, limit_val_batches=0, **QUIET).fit(module, feedback)
-    after = right_kind(module.model, tokenizer, val)
-    judge = FineTuneModule(str(model), method=lora, objective=DPO())
-    judge.configure_model()
-    judge.load_state_dict(module.state_dict())
-    held_out = FineTuneDataModule(
-        "preference",
-        str(model.parent / "train.jsonl"),
-        val_path=str(model.parent / "val.jsonl"),
-        tokenizer=str(model),
-        max_length=64,
-    )
-    metrics = Trainer(**QUIET).validate(judge, held_out, verbose=False)[0]
-    # Measured: accuracy 1.0; greedy answers of the right kind 0.47 -> 0.0, the likelihood displacement of DPO
-    # (KTO has no NLL term: lower learning rates or higher beta kept them at 0.47, never better).
-    assert metrics["val_rewards_accuracies"] >= 0.9, metrics
-    assert metrics["val_rewards_margins"] > 0 and before < 0.5, (before, after)
+    before, after, metrics = align(model, KTO(), feedback, val, lr=5e-5, max_steps=250, limit_val_batches=0)
+    # Measured: accuracy 1.0, greedy answers of the asked kind 0.0 -> 1.0 (at 5e-5 they stay right from step 150 to
+    # 300 and are gone by 400)
+    assert metrics["val_rewards_accuracies"] >= 0.9 and metrics["val_rewards_margins"] > 0, metrics
+    assert before < 0.5 and after >= 0.9, (before, after)
 
 
 def test_a_dpo_run_fits_validates_and_exports_an_adapter_plain_peft_loads(
