@@ -41,6 +41,7 @@ COMMANDS = {
     "slurm": "slurm",
     "sweep": "sweep",
     "compare": "compare",
+    "monitor": "monitor",
     "lr-find": "lr_find",
     "batch-size-find": "batch_size_find",
 }
