@@ -55,11 +55,25 @@ def fit_until_signalled(args: list[str], signum: signal.Signals) -> subprocess.C
 
 
 # SIGUSR1 on one process is the SIGTERM path plus a requeue, which test_slurm_cluster checks on a real cluster.
-@pytest.mark.parametrize("signum,devices", [(signal.SIGUSR1, 2), (signal.SIGTERM, 1)], ids=["SIGUSR1-2", "SIGTERM-1"])
-def test_a_signal_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_path, signum, devices):
+# DPO with its reference precomputed: the resumed run reads the cached reference log-probs instead of recomputing.
+PAIRS = ["--data.format", "preference", "--data.train_path", "{data}/pref_train.jsonl"]
+PAIRS += ["--data.val_path", "{data}/pref_val.jsonl", "--generation.num_samples", "0"]
+DPO = ["--model.objective", "DPO", "--model.objective.reference", "precomputed", "--model.method", "LoRA", *PAIRS]
+
+
+@pytest.mark.parametrize(
+    "signum,devices,objective",
+    [(signal.SIGUSR1, 2, []), (signal.SIGTERM, 1, []), (signal.SIGTERM, 1, DPO)],
+    ids=["SIGUSR1-2", "SIGTERM-1", "SIGTERM-1-DPO"],
+)
+def test_a_signal_checkpoints_a_whole_step_stops_and_resumes(
+    cli, fit_args, data_dir, tmp_path, caplog, signum, devices, objective
+):
     """With 2 processes only the first is signalled: both must stop at the same step (or the other would hang).
     Lightning's own SIGTERM handling would stop after the batch (inside accumulation), save nothing and exit 0."""
+    objective = [flag.format(data=data_dir) for flag in objective]
     args = fit_args(
+        *objective,
         "--trainer.max_steps",
         "1000",
         "--trainer.check_val_every_n_epoch",
@@ -86,8 +100,10 @@ def test_a_signal_checkpoints_a_whole_step_stops_and_resumes(cli, fit_args, tmp_
         step,
     )
 
-    assert cli(fit_args("--trainer.max_steps", str(step + 3), "--ckpt_path", "last")) == 0
+    assert cli(fit_args(*objective, "--trainer.max_steps", str(step + 3), "--ckpt_path", "last")) == 0
     assert torch.load(last, weights_only=False)["global_step"] == step + 3
+    if objective:
+        assert "reference log-probs: read" in caplog.text, caplog.text[-2000:]
 
 
 def test_a_requeued_slurm_job_resumes_even_when_its_command_starts_afresh(cli, fit_args, tmp_path, monkeypatch, capsys):

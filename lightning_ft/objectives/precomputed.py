@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
@@ -60,11 +61,17 @@ class PrecomputedReference:
                 f"the precomputed reference of this data ({', '.join(missing)}) is not in {path}, and the trained "
                 "weights can no longer give it: start the run afresh, or use --model.objective.reference live"
             )
-        self.tables |= {split: cached[split] for split in splits if split in cached}
+        read = [split for split in splits if split in cached and split not in self.tables]
+        self.tables |= {split: cached[split] for split in read}
+        if read:
+            rank_zero_info(f"reference log-probs: read {', '.join(read)} from {path}")
         for split in missing:
             self.tables[split] = self.compute(datamodule, split)
         if missing and write:
             write_atomically(path, lambda f: torch.save({**cached, **self.tables}, f))
+        if missing:
+            where = f", cached in {path}" if write else ""
+            rank_zero_info(f"reference log-probs: computed {', '.join(missing)}{where}")
 
     @torch.no_grad()
     def compute(self, datamodule, split: str) -> torch.Tensor:
