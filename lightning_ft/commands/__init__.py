@@ -42,6 +42,8 @@ COMMANDS = {
     "sweep": "sweep",
     "compare": "compare",
     "monitor": "monitor",
+    "serve": "serve",
+    "models": "models",
     "lr-find": "lr_find",
     "batch-size-find": "batch_size_find",
 }

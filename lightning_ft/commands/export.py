@@ -6,6 +6,7 @@ Merged or the adapter alone in peft's format; checked against the trained model 
 from __future__ import annotations
 
 from lightning_ft.commands.parsing import command_parser
+from lightning_ft.export.registry import REGISTRY_FILE
 
 
 def parser():
@@ -30,13 +31,25 @@ def parser():
     )
     add("--format", type=str, choices=["hf", "onnx"], default="hf", help="hf: safetensors + configs; onnx: model.onnx")
     add("--base", type=str | None, default=None, help="the base model dir, when not where training read it")
-    add("--overwrite", action="store_true", help="replace a non-empty --output")
+    add("--overwrite", action="store_true", help="replace a non-empty --output (and its tag in the registry)")
+    add(
+        "--version",
+        type=str | None,
+        default=None,
+        help="release tag (e.g. v1.1): recorded in the export and the registry",
+    )
+    add(
+        "--registry",
+        type=str | None,
+        default=None,
+        help=f"the registry to add --version to (default: {REGISTRY_FILE} beside --output)",
+    )
     return parser
 
 
 def main(argv: list[str]) -> None:
     """lightning-ft export --ckpt PATH --output DIR [--merge] [--dtype bfloat16|float16|float32] [--quantize int8|nf4]
-    [--format hf|onnx] [--base DIR] [--overwrite]"""
+    [--format hf|onnx] [--base DIR] [--overwrite] [--version TAG [--registry models.json]]"""
     args = parser().parse_args(argv)
     from lightning_ft.export.exporter import ExportRequest, export
 

@@ -31,7 +31,9 @@ from lightning_ft.data.pipeline import (
     PipelineSettings,
     build,
 )
+from lightning_ft.data.profile import training_profile
 from lightning_ft.data.quality import QualityRules
+from lightning_ft.data.served import prompt_settings
 from lightning_ft.data.sources import Source, check_data_source
 from lightning_ft.data.splits import SplitSpec
 from lightning_ft.errors import UserError
@@ -128,6 +130,7 @@ class FineTuneDataModule(LightningDataModule):
         self.tokenizer = None
         self.datasets = None
         self.report: dict | None = None
+        self.input_profile: dict | None = None  # built on the first checkpoint
         self.train_sampler: StepBatchSampler | None = None
 
     @property
@@ -193,6 +196,17 @@ class FineTuneDataModule(LightningDataModule):
             self.datasets, self.report = tokenized, self.describe(report, tokenized)
         if stage == "fit" and "train" not in self.datasets:
             raise UserError("--data.train_path is required to fit")
+
+    def state_dict(self) -> dict:
+        """What every checkpoint keeps of the data (Lightning saves it under this class's name): how prompts were
+        rendered, so that serving renders requests the same (data/served.py), and the training prompts' profile,
+        what drift detection compares live prompts with (data/profile.py)."""
+        state = {"prompts": prompt_settings(self.format, self.quality)}
+        if self.datasets is not None and "train" in self.datasets:
+            if self.input_profile is None:
+                self.input_profile = training_profile(self.model_columns("train"), self.labels)
+            state["inputs"] = self.input_profile
+        return state
 
     def load_or_build(self) -> tuple[datasets.DatasetDict, dict]:
         """(tokenized splits, the data's report) from the cache, or built by the pipeline and cached."""

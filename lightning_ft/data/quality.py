@@ -167,6 +167,16 @@ def _normalize_whitespace(text: str, keep_ends: bool = False) -> str:
     return text.strip()
 
 
+def normalize_value(value, rules: QualityRules, keep_ends: bool = False):
+    """A field's value (text, or chat turns) normalised as the rules normalise the data files: what serving applies
+    to requests, so that they reach the model as training text did."""
+    if rules.normalize_unicode:
+        value = _map_strings(value, _normalize_unicode)
+    if rules.normalize_whitespace:
+        value = _map_strings(value, lambda text: _normalize_whitespace(text, keep_ends=keep_ends))
+    return value
+
+
 def _map_strings(value, fn: Callable[[str], str]):
     """`value` with `fn` applied to every string in it (chat fields are lists of dicts); other values kept."""
     if isinstance(value, str):

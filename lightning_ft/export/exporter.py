@@ -17,6 +17,8 @@ import torch
 from transformers import AutoConfig
 
 from lightning_ft.checkpoints import load_checkpoint_file
+from lightning_ft.data.profile import PROFILE_FILE
+from lightning_ft.data.served import DATAMODULE_STATE
 from lightning_ft.errors import UserError
 from lightning_ft.export.card import model_card
 from lightning_ft.export.check import PROBE_SHAPE, TOLERANCE, compare, logits, probe_inputs
@@ -29,6 +31,7 @@ from lightning_ft.export.hf import (
     write_quantized,
 )
 from lightning_ft.export.onnx import check_onnx, quantize_onnx, require_onnx, run_onnx, write_onnx
+from lightning_ft.export.registry import REGISTRY_FILE, find_version, register
 from lightning_ft.files import staged_folder, write_json_atomically
 from lightning_ft.loading import TORCH_DTYPES, load_tokenizer
 from lightning_ft.tracking.record import RECORD_FILE, package_versions, read_run_record
@@ -49,6 +52,8 @@ class ExportRequest:
     format: Literal["hf", "onnx"] = "hf"
     base: str | None = None
     overwrite: bool = False
+    version: str | None = None
+    registry: str | None = None
 
 
 def export(args: ExportRequest) -> None:
@@ -107,9 +112,16 @@ def export(args: ExportRequest) -> None:
         run = run_record(checkpoint)
         if run:
             write_json_atomically(staging / "training_run.json", run)
+        inputs = (saved.get(DATAMODULE_STATE) or {}).get("inputs")
+        if inputs:  # what serve compares live inputs with (serving/drift.py)
+            write_json_atomically(staging / PROFILE_FILE, inputs)
         card = model_card(record, saved.get("hyper_parameters") or {}, run)
         (staging / "README.md").write_text(card, encoding="utf-8")
         make_readable(staging)
+    if args.version:
+        registry = registry_path(args, output)
+        register(registry, record, run, output, replace=args.overwrite)
+        print(f"registered {args.version} in {registry}")
     quantized = f", {args.quantize}" if args.quantize else ""
     print(
         f"exported {fmt} ({record['dtype']}{quantized}) to {output}; against {reference}: "
@@ -139,6 +151,21 @@ def check_flags(args, output: Path, checkpoint: Path) -> None:
         raise UserError(f"--output {output} is not empty: add --overwrite to replace it")
     if args.overwrite and (checkpoint.is_relative_to(output) or (args.base and Path(args.base).resolve() == output)):
         raise UserError(f"--output {output} --overwrite would delete the checkpoint or base model it exports")
+    if args.registry and not args.version:
+        raise UserError("--registry records a --version: give one")
+    if args.version is not None:
+        if not args.version.strip() or any(c.isspace() or c in "=,/" for c in args.version):
+            raise UserError(f"--version {args.version!r}: a tag without spaces, '=', ',' or '/' (e.g. v1.1)")
+        registry = registry_path(args, output)
+        earlier = find_version(registry, args.version)
+        if earlier and earlier["path"] != str(output) and not args.overwrite:
+            raise UserError(
+                f"{registry}: version {args.version} is already {earlier['path']}: choose another --version"
+            )
+
+
+def registry_path(args, output: Path) -> Path:
+    return Path(args.registry).expanduser().resolve() if args.registry else output.parent / REGISTRY_FILE
 
 
 def base_dtype(source: str) -> torch.dtype:
@@ -196,6 +223,9 @@ def export_record(args, output: Path, checkpoint: Path, saved: dict, source: str
         "quantize": args.quantize,
         "checkpoint": str(checkpoint),
         "checkpoint_step": saved.get("global_step"),
+        "version": args.version,
+        # how training rendered prompts (data/served.py): serve renders requests the same
+        "prompts": (saved.get(DATAMODULE_STATE) or {}).get("prompts"),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions,
     }

@@ -9,7 +9,9 @@ last `window` requests and scores them against it:
       thumb < 0.1 is stable, 0.1-0.25 a moderate shift, > 0.25 a significant one (alert).
   KS: scipy.stats.ks_2samp of the window's lengths against the profile's sample; a p-value < 0.01 alerts.
 
-Inputs are tokenized by `input_token_ids` on both sides (profile and server), so that lengths compare like for like.
+Both sides are the prompts as the model reads them: the training split's prompt tokens (data/profile.py), and each
+request rendered through the training's prompt format (data/served.py), as the server renders it; a request an
+export records no format for is tokenized by `input_token_ids`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import ks_2samp
 
+from lightning_ft.data.profile import PROFILE_FILE, build_profile, length_shares
+from lightning_ft.data.served import TrainedPrompts
 from lightning_ft.errors import UserError
+from lightning_ft.export.hf import EXPORT_RECORD
 
-PROFILE_FILE = "drift_profile.json"
+__all__ = ["DriftMonitor", "build_profile", "drift_report", "input_token_ids", "load_profile", "psi", "save_profile"]
+
 PSI_ALERT = 0.25
 KS_P_ALERT = 0.01
 DEFAULT_THRESHOLDS = {
@@ -36,8 +42,6 @@ DEFAULT_THRESHOLDS = {
 }
 SCORES = ("length_psi", "length_ks", "length_ks_p", "token_psi", "label_psi")
 EPSILON = 1e-4
-LENGTH_SAMPLE = 2000
-LENGTH_BINS = 10
 OTHER_LABEL = "<other>"
 
 
@@ -49,47 +53,6 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     e = np.maximum(np.asarray(expected, dtype=float), EPSILON)
     a = np.maximum(np.asarray(actual, dtype=float), EPSILON)
     return float(np.sum((a - e) * np.log(a / e)))
-
-
-def _length_shares(edges: Sequence[float], lengths: Sequence[int]) -> np.ndarray:
-    """Shares of the bins (-inf, e1], (e1, e2], ..., (e_last, inf)."""
-    bins = np.searchsorted(np.asarray(edges, dtype=float), np.asarray(lengths), side="left")
-    return np.bincount(bins, minlength=len(edges) + 1) / max(len(lengths), 1)
-
-
-def build_profile(
-    lengths: list[int],
-    token_ids: Iterable[list[int]],
-    labels: list[str] | None = None,
-    top_k: int = 200,
-    seed: int = 0,
-) -> dict:
-    """The reference profile of training inputs (JSON-serialisable): `lengths` are their token counts and
-    `token_ids` their tokens, both as `input_token_ids` gives them; `labels` their classes, if any."""
-    lengths_array = np.asarray(lengths, dtype=np.int64)
-    if lengths_array.size == 0:
-        raise UserError("no training inputs to build a drift profile from")
-    sample = np.random.default_rng(seed).choice(lengths_array, min(LENGTH_SAMPLE, lengths_array.size), replace=False)
-    # Lengths repeat (integers), so quantiles can coincide: the bins are the distinct cut points.
-    edges = np.unique(np.quantile(lengths_array, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1]))
-    counts: Counter = Counter()
-    for ids in token_ids:
-        counts.update(ids)
-    total = max(sum(counts.values()), 1)
-    top = counts.most_common(top_k)
-    profile = {
-        "inputs": int(lengths_array.size),
-        "length_sample": sorted(int(n) for n in sample),
-        "length_edges": edges.tolist(),
-        "length_shares": _length_shares(edges, lengths_array).tolist(),
-        "token_ids": [int(token) for token, _ in top],
-        "token_shares": [count / total for _, count in top],
-        "token_other_share": 1 - sum(count for _, count in top) / total,
-        "label_shares": None,
-    }
-    if labels:
-        profile["label_shares"] = {label: count / len(labels) for label, count in sorted(Counter(labels).items())}
-    return profile
 
 
 def save_profile(folder: str | Path, profile: dict) -> Path:
@@ -158,7 +121,7 @@ class DriftMonitor:
         profile = self.profile
         ks = ks_2samp(lengths, profile["length_sample"])
         scores = {
-            "length_psi": psi(profile["length_shares"], _length_shares(profile["length_edges"], lengths)),
+            "length_psi": psi(profile["length_shares"], length_shares(profile["length_edges"], lengths)),
             "length_ks": float(ks.statistic),
             "length_ks_p": float(ks.pvalue),
         }
@@ -197,6 +160,16 @@ class DriftMonitor:
         return lines
 
 
+def prompt_ids(prompts: TrainedPrompts | None, tokenizer, value: str | list[dict]) -> list[int]:
+    """A logged input as the server rendered it (a request it could not render was refused, and is not logged)."""
+    if prompts is not None:
+        try:
+            return prompts.ids(value, tokenizer)
+        except UserError:
+            pass
+    return input_token_ids(tokenizer, value)
+
+
 def drift_report(logdir: str, model: str, window: int | None = None) -> dict[str, dict]:
     """Drift scores and alerts of each version's logged inputs (the last `window` of each, or all) against the
     profile in the export folder `model`, tokenized with its tokenizer; printed as a table."""
@@ -210,6 +183,9 @@ def drift_report(logdir: str, model: str, window: int | None = None) -> dict[str
     if window is not None and window < 1:
         raise UserError(f"--window must be at least 1 request, got {window}")
     profile = load_profile(model)
+    record = Path(model) / EXPORT_RECORD
+    settings = json.loads(record.read_text(encoding="utf-8")).get("prompts") if record.is_file() else None
+    prompts = TrainedPrompts(settings) if settings else None
     requests = read_logs(logdir).requests
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -228,7 +204,7 @@ def drift_report(logdir: str, model: str, window: int | None = None) -> dict[str
         for request in group:
             output = request.get("output")
             label = max(output, key=output.get) if request["endpoint"] == "classify" and output else None
-            monitor.observe(input_token_ids(tokenizer, request["input"]), label)
+            monitor.observe(prompt_ids(prompts, tokenizer, request["input"]), label)
         scores, alerts = monitor.scores(), monitor.alerts()
         results[version] = {"inputs": len(group), "scores": scores, "alerts": alerts}
         cells = [f"{scores[name]:.3g}" if name in scores else "-" for name in SCORES]

@@ -103,6 +103,12 @@ class DataFormat(ABC):
         training, and the expected answer; None for formats without one."""
         return None
 
+    def prompt_record(self, request: list[dict] | str) -> dict | None:
+        """A record whose `generation_example` prompt is a served request: OpenAI chat messages ending with the
+        user's turn, or a completion's prompt text (one user turn, where the format has turns). None for formats
+        that train on no prompts (raw text is served as written)."""
+        return None
+
 
 def field(record: dict, name: str, *, optional: bool = False) -> str:
     """The text of `record[name]` (a list of strings, as SciTLDR stores sentences, is joined with spaces)."""

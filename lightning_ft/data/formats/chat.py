@@ -91,6 +91,10 @@ class Chat(DataFormat):
 
         return render
 
+    def prompt_record(self, request: list[dict] | str) -> dict:
+        turns = [{"role": "user", "content": request}] if isinstance(request, str) else list(request)
+        return {self.messages_field or "messages": [*turns, {"role": "assistant", "content": ""}]}
+
     def generation_example(self, record: dict, tokenizer) -> dict | None:
         """The conversation up to its last assistant turn (with the assistant header), and that turn."""
         messages, render = self.renderer(record, tokenizer)

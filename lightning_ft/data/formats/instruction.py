@@ -67,6 +67,15 @@ class Instruction(DataFormat):
         template = self.template if extra.strip() else self.template_no_input
         return template.format(instruction=instruction, input=extra)
 
+    def prompt_record(self, request: list[dict] | str) -> dict:
+        if not isinstance(request, str):
+            if len(request) != 1 or request[0].get("role") != "user":
+                raise UserError(
+                    "this model was trained on single instructions: send one user message (no system or earlier turns)"
+                )
+            request = request[0].get("content")
+        return {self.instruction_field: request, self.input_field: "", self.output_field: ""}
+
     def generation_example(self, record: dict, tokenizer) -> dict:
         prompt = self.prompt(record)
         return {

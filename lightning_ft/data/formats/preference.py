@@ -115,6 +115,11 @@ class Preference(DataFormat):
     def loss_terms(self, example: dict) -> int:
         return 1  # the objectives' losses are means over pairs
 
+    def prompt_record(self, request: list[dict] | str) -> dict:
+        """Text is a plain prompt, as string records are; messages are a conversational one."""
+        response = "" if isinstance(request, str) else [{"role": "assistant", "content": ""}]
+        return {self.prompt_field: request, self.chosen_field: response, self.rejected_field: response}
+
     def generation_example(self, record: dict, tokenizer) -> dict:
         """The prompt as the model sees it before answering, and the chosen response."""
         prompt, chosen, _ = self.parts(record)

@@ -101,6 +101,11 @@ class Unpaired(DataFormat):
     def loss_terms(self, example: dict) -> int:
         return 1  # KTO's loss is a mean over completions
 
+    def prompt_record(self, request: list[dict] | str) -> dict:
+        """Text is a plain prompt, as string records are; messages are a conversational one."""
+        response = "" if isinstance(request, str) else [{"role": "assistant", "content": ""}]
+        return {self.prompt_field: request, self.completion_field: response, self.label_field: True}
+
     def generation_example(self, record: dict, tokenizer) -> dict | None:
         """The prompt as the model sees it before answering, and a desirable completion (none for the others)."""
         if not self.desirable(record):

@@ -1,0 +1,90 @@
+"""The inference worker of `lightning-ft serve`: a LitAPI stepped by LitServe's continuous-batching loop.
+
+Requests arrive already checked and tokenized (spec.py); each version has an Engine (engine.py) that decodes all
+of its requests together, one token per step, rows joining and leaving between steps. What a step gives goes back
+to the HTTP process piece by piece: text, the token's log-prob, and the finish reason at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import litserve as ls
+import torch
+from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
+from litserve.utils import LitAPIStatus
+
+from lightning_ft.serving import metrics
+from lightning_ft.serving.engine import Engine, Sampling
+from lightning_ft.serving.spec import OpenAICompatible
+from lightning_ft.serving.versions import Version, load_versions, stop_token_ids
+
+
+class Loop(ContinuousBatchingLoop):
+    """LitServe's loop calls `run` again at once when there is nothing to do: idle, that would keep a core busy.
+    When work arrives at an idle server, it waits `batch_timeout` for requests sent with it to share the prefill."""
+
+    async def run(self, lit_api, *args, **kwargs):
+        if not lit_api.has_active_requests():
+            await asyncio.sleep(0.002)
+            return
+        await asyncio.sleep(lit_api.batch_timeout)
+        await super().run(lit_api, *args, **kwargs)
+
+
+class Generation(ls.LitAPI):
+    def __init__(
+        self, spec: OpenAICompatible, versions: list[Version], max_batch_size: int, batch_timeout: float
+    ) -> None:
+        super().__init__(
+            max_batch_size=max_batch_size, batch_timeout=batch_timeout, stream=True, spec=spec, loop=Loop()
+        )
+        self.versions = versions
+        self.engines: dict[str, Engine] = {}
+        self.version_of: dict[str, str] = {}  # request uid -> version
+
+    def setup(self, device) -> None:
+        device = torch.device(device if device != "auto" else "cpu")
+        models = load_versions(self.versions)
+        for version in self.versions:
+            model = models[version.name]
+            model.to(device)
+            self.engines[version.name] = Engine(
+                model,
+                version.tokenizer,
+                max_batch_size=self.max_batch_size,
+                stop_token_ids=stop_token_ids(version, model),
+            )
+
+    def add_request(self, uid: str, request: dict) -> None:
+        self.version_of[uid] = request["version"]
+        self.engines[request["version"]].add(uid, request["prompt_ids"], Sampling(**request["sampling"]))
+
+    def has_capacity(self) -> bool:
+        return sum(engine.active + engine.queued for engine in self.engines.values()) < self.max_batch_size
+
+    def has_active_requests(self) -> bool:
+        return any(engine.has_work() for engine in self.engines.values())
+
+    def step(self, prev_outputs) -> list[Output]:
+        outputs = []
+        for name, engine in self.engines.items():
+            if not engine.has_work():
+                continue
+            tokens = engine.step()
+            metrics.BATCH_SIZE.labels(name).observe(len(tokens))
+            metrics.ACTIVE.labels(name).set(engine.active)
+            metrics.QUEUE_DEPTH.labels(name).set(engine.queued)
+            for token in tokens:
+                piece = {"text": token.text, "token_id": token.token_id, "logprob": token.logprob}
+                piece |= {"finish_reason": token.finish_reason, "error": token.error}
+                if token.finish_reason == "error":
+                    piece = {"text": "", "token_id": None, "error": token.error}
+                outputs.append(Output(token.uid, piece, LitAPIStatus.OK))
+                if token.finish_reason is not None:
+                    outputs.append(Output(token.uid, "", LitAPIStatus.FINISH_STREAMING))
+                    self.version_of.pop(token.uid, None)
+        return outputs
+
+    def encode_response(self, output):
+        return output

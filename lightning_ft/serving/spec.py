@@ -1,0 +1,440 @@
+"""The OpenAI-compatible HTTP side of `lightning-ft serve`, as a LitServe spec.
+
+It runs in the HTTP process and does everything but decoding: it validates a request (a bad one is a 4xx in
+OpenAI's error shape and never reaches the model), picks the version (the request's `model`, or the route), renders
+the prompt exactly as training rendered it, sends the prompt's token ids to the inference worker (api.py), and
+streams, times, counts and logs the answer. LitServe's own OpenAISpec is not used: it has no /v1/completions, drops
+`seed`, answers every request with the requested model name and finish_reason "stop", and batches per request, where
+this server steps all requests together (continuous batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+from lightning_ft.errors import UserError
+from lightning_ft.serving import metrics
+from lightning_ft.serving.requestlog import RequestLog
+from lightning_ft.serving.routing import ROUTED_NAMES, Router, parse_route
+from lightning_ft.serving.versions import Version
+
+VERSION_HEADER = "x-lightning-ft-version"
+MAX_STOP_STRINGS = 4  # as OpenAI's API
+
+
+class ApiError(Exception):
+    """A request the server refuses, with what OpenAI's API would answer."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+@dataclass
+class Job:
+    """One request on its way: what it asked, where it went, and what came back."""
+
+    id: str
+    endpoint: str
+    version: str
+    input: object
+    prompt_ids: list[int]
+    sampling: dict
+    stream: bool
+    user: str | None
+    include_usage: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    last_token: float | None = None
+    text: list[str] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def usage(self) -> dict:
+        prompt, completion = len(self.prompt_ids), len(self.logprobs)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class OpenAICompatible(LitSpec):
+    """/v1/chat/completions, /v1/completions, /v1/models, /v1/feedback, /admin/route and /metrics."""
+
+    def __init__(self, versions: list[Version], router: Router, log: RequestLog, context: dict[str, int]) -> None:
+        super().__init__()
+        self.api_path = "/v1/chat/completions"
+        self.versions = {version.name: version for version in versions}
+        self.router, self.log, self.context = router, log, context
+        self.known_ids: set[str] | None = None  # response ids feedback may name (read from the log on first use)
+
+    @property
+    def stream(self) -> bool:
+        return True
+
+    def pre_setup(self, lit_api) -> None:
+        self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
+        self.add_endpoint("/v1/completions", self.completions, ["POST"])
+        self.add_endpoint("/v1/models", self.models, ["GET"])
+        self.add_endpoint("/v1/feedback", self.feedback, ["POST"])
+        self.add_endpoint("/admin/route", self.route, ["GET", "POST"])
+        self.add_endpoint("/metrics", self.metrics, ["GET"])
+
+    def decode_request(self, request, context_kwargs=None):
+        return request
+
+    def encode_response(self, output, context_kwargs=None):
+        return output
+
+    # -- endpoints --------------------------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.answer(request, "chat.completions")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.answer(request, "completions")
+
+    async def models(self) -> JSONResponse:
+        data = [
+            {"id": name, "object": "model", "owned_by": "lightning-ft", "kind": v.kind, "task": v.task}
+            | {"source": str(v.source), "version": v.record.get("version")}
+            for name, v in self.versions.items()
+        ]
+        return JSONResponse({"object": "list", "data": data, "route": self.router.weights})
+
+    async def feedback(self, request: Request) -> Response:
+        try:
+            body = await json_body(request)
+            response_id = body.get("response_id", body.get("id"))
+            if not isinstance(response_id, str) or not response_id:
+                raise ApiError(
+                    400, "feedback needs 'response_id', the id of a response this server gave", "response_id"
+                )
+            if self.known_ids is None:
+                self.known_ids = self.log.served_ids()
+            if response_id not in self.known_ids:
+                raise ApiError(404, f"no response '{response_id}' was served here", "response_id")
+            rating = read_rating(body.get("rating"))
+            comment = body.get("comment")
+            if comment is not None and not isinstance(comment, str):
+                raise ApiError(400, "'comment' must be text", "comment")
+            user = optional_text(body, "user")
+        except ApiError as err:
+            return err.response()
+        self.log.feedback({"response_id": response_id, "rating": rating, "user": user, "comment": comment})
+        return JSONResponse({"recorded": True, "response_id": response_id})
+
+    async def route(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = await json_body(request)
+                text = body.get("route")
+                if not isinstance(text, str):
+                    raise ApiError(400, "POST /admin/route needs {'route': 'v1=0.9,v2=0.1'}", "route")
+                try:
+                    self.router.set(parse_route(text, list(self.versions), flag="route"))
+                except UserError as err:
+                    raise ApiError(400, str(err), "route") from None
+            except ApiError as err:
+                return err.response()
+        self.router.reload()
+        return JSONResponse({"route": self.router.weights})
+
+    async def metrics(self) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    # -- answering --------------------------------------------------------------------------------------------------
+
+    async def answer(self, request: Request, endpoint: str) -> Response:
+        try:
+            job = self.job(await json_body(request), endpoint)
+        except ApiError as err:
+            metrics.REQUESTS.labels("none", endpoint, str(err.status)).inc()
+            return err.response()
+        pieces = self.submit(job)
+        if job.stream:
+            headers = {VERSION_HEADER: job.version}
+            return StreamingResponse(self.sse(job, pieces), media_type="text/event-stream", headers=headers)
+        try:
+            async for _ in self.collect(job, pieces):
+                pass
+        except ApiError as err:
+            self.done(job, err.status, err.message)
+            return err.response()
+        self.done(job, 200)
+        return JSONResponse(self.whole(job), headers={VERSION_HEADER: job.version})
+
+    def job(self, body: dict, endpoint: str) -> Job:
+        """The request checked field by field, its version chosen and its prompt rendered."""
+        user = optional_text(body, "user")
+        name = body.get("model") or ""
+        if not isinstance(name, str):
+            raise ApiError(400, "'model' must be text", "model")
+        if name in ROUTED_NAMES and name not in self.versions:
+            name = self.router.choose(user)
+        elif name not in self.versions:
+            served = ", ".join(self.versions)
+            raise ApiError(
+                404,
+                f"model '{name}' is not served here (models: {served}; or 'auto' to be routed)",
+                "model",
+                "model_not_found",
+            )
+        version = self.versions[name]
+        if version.task != "causal_lm":
+            raise ApiError(400, f"model '{name}' is a {version.task} model: use /v1/classify", "model")
+        request = read_messages(body) if endpoint == "chat.completions" else read_prompt(body)
+        try:
+            prompt_ids = (
+                version.prompts.ids(request, version.tokenizer) if version.prompts else raw_ids(request, version)
+            )
+        except UserError as err:
+            raise ApiError(400, str(err), "messages" if endpoint == "chat.completions" else "prompt") from None
+        sampling = read_sampling(body, endpoint)
+        context = self.context[name]
+        if len(prompt_ids) + 1 > context:
+            raise ApiError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens; model '{name}' reads at most {context}",
+                None,
+                "context_length_exceeded",
+            )
+        sampling["max_tokens"] = min(sampling["max_tokens"], context - len(prompt_ids))
+        options = body.get("stream_options")
+        usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        prefix = "chatcmpl" if endpoint == "chat.completions" else "cmpl"
+        uid = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        return Job(uid, endpoint, name, request, prompt_ids, sampling, bool(body.get("stream")), user, usage)
+
+    def submit(self, job: Job):
+        """Queue the job for the inference worker; the pieces it sends back, as (data, status)."""
+        uid = uuid.uuid4()
+        pieces, arrived = deque(), asyncio.Event()
+        self.response_buffer[uid] = ResponseBufferItem(response_queue=pieces, event=arrived)
+        payload = {"version": job.version, "prompt_ids": job.prompt_ids, "sampling": job.sampling}
+        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), payload))
+        return self.data_streamer(pieces, arrived, send_status=True)
+
+    async def collect(self, job: Job, pieces):
+        """Each piece of text as it comes (timed); an ApiError when the worker failed this request."""
+        async for data, status in pieces:
+            if status == LitAPIStatus.ERROR:
+                raise ApiError(500, f"the model failed on this request: {worker_error(data)}", code="model_error")
+            if status != LitAPIStatus.OK or not data:
+                continue
+            piece = json.loads(data)
+            if piece.get("error"):
+                raise ApiError(500, f"the model failed on this request: {piece['error']}", code="model_error")
+            now = time.perf_counter()
+            if piece.get("token_id") is not None:
+                if job.first_token is None:
+                    job.first_token = now
+                else:
+                    metrics.PER_TOKEN.labels(job.version).observe(now - job.last_token)
+                job.last_token = now
+                job.logprobs.append(piece["logprob"])
+            job.text.append(piece["text"])
+            job.finish_reason = piece.get("finish_reason") or job.finish_reason
+            yield piece["text"]
+
+    async def sse(self, job: Job, pieces):
+        """Server-sent events as OpenAI streams them: chunks, a last one with finish_reason, [DONE]."""
+        try:
+            first = job.endpoint == "chat.completions"
+            async for text in self.collect(job, pieces):
+                if text or first:
+                    yield event(self.chunk(job, text, None, role=first))
+                    first = False
+            yield event(self.chunk(job, "", job.finish_reason or "stop"))
+            if job.include_usage:
+                yield event({**self.chunk(job, "", None), "choices": [], "usage": job.usage()})
+            self.done(job, 200)
+        except ApiError as err:
+            self.done(job, err.status, err.message)
+            yield event({"error": {"message": err.message, "type": "server_error", "param": None, "code": err.code}})
+        yield "data: [DONE]\n\n"
+
+    def chunk(self, job: Job, text: str, finish_reason: str | None, role: bool = False) -> dict:
+        head = {"id": job.id, "created": int(time.time()), "model": job.version}
+        if job.endpoint == "completions":
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return head | {"object": "text_completion", "choices": [choice]}
+        delta = ({"role": "assistant"} if role else {}) | ({"content": text} if text or role else {})
+        return head | {
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+    def whole(self, job: Job) -> dict:
+        head = {"id": job.id, "created": int(time.time()), "model": job.version, "usage": job.usage()}
+        text, reason = "".join(job.text), job.finish_reason or "stop"
+        if job.endpoint == "completions":
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+            return head | {"object": "text_completion", "choices": [choice]}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": reason,
+            "logprobs": None,
+        }
+        return head | {"object": "chat.completion", "choices": [choice]}
+
+    def done(self, job: Job, status: int, error: str | None = None) -> None:
+        """Count, time and log the finished request (before its last byte is sent)."""
+        latency = time.perf_counter() - job.started
+        metrics.REQUESTS.labels(job.version, job.endpoint, str(status)).inc()
+        metrics.LATENCY.labels(job.version, job.endpoint).observe(latency)
+        metrics.PROMPT_TOKENS.labels(job.version).inc(len(job.prompt_ids))
+        metrics.OUTPUT_TOKENS.labels(job.version).inc(len(job.logprobs))
+        ttft = None if job.first_token is None else job.first_token - job.started
+        if ttft is not None:
+            metrics.FIRST_TOKEN.labels(job.version).observe(ttft)
+        if self.known_ids is not None:
+            self.known_ids.add(job.id)
+        confidence = sum(job.logprobs) / len(job.logprobs) if job.logprobs else None
+        self.log.request(
+            {
+                "id": job.id, "endpoint": job.endpoint, "version": job.version, "user": job.user, "status": status,
+                "error": error, "latency_s": latency, "ttft_s": ttft, "prompt_tokens": len(job.prompt_ids),
+                "completion_tokens": len(job.logprobs), "confidence": confidence,
+                "finish_reason": job.finish_reason if status == 200 else None, "stream": job.stream,
+                "input": job.input, "output": "".join(job.text) if status == 200 else None,
+            }
+        )  # fmt: skip
+
+
+# -- reading requests -----------------------------------------------------------------------------------------------
+
+
+async def json_body(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"the request body is not JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def optional_text(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'{name}' must be text", name)
+    return value
+
+
+def read_messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content}", "messages")
+    turns = []
+    for number, message in enumerate(messages):
+        param = f"messages[{number}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(400, f"{param} must be an object with a 'role'", param)
+        content = message.get("content")
+        if isinstance(content, list):  # OpenAI's content parts: text parts are served, others are not
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise ApiError(400, f"{param}.content: only text parts are served", f"{param}.content")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"{param}.content must be text", f"{param}.content")
+        if message["role"] not in ("system", "user", "assistant", "tool"):
+            raise ApiError(
+                400, f"{param}.role '{message['role']}' is not system, user, assistant or tool", f"{param}.role"
+            )
+        turns.append({"role": message["role"], "content": content})
+    if turns[-1]["role"] not in ("user", "tool"):
+        raise ApiError(400, "the last message must be the user's (or a tool result): the model answers it", "messages")
+    return turns
+
+
+def read_prompt(body: dict) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "'prompt' must be text (one prompt per request)", "prompt")
+    return prompt
+
+
+def number(body: dict, name: str, default, low, high, integer: bool = False):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ApiError(400, f"'{name}' must be {kind} from {low} to {high}, got {value!r}", name)
+    return value
+
+
+def read_sampling(body: dict, endpoint: str) -> dict:
+    n = number(body, "n", 1, 1, 1, integer=True)  # one choice per request: ask again for more
+    del n
+    default_tokens = 16 if endpoint == "completions" else 256  # OpenAI's completions default is 16
+    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = number({"max_tokens": tokens}, "max_tokens", default_tokens, 1, 2**31, integer=True)
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
+        raise ApiError(
+            400, f"'stop' must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop"
+        )
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, f"'seed' must be an integer, got {seed!r}", "seed")
+    if body.get("logprobs") or body.get("echo") or body.get("tools"):
+        name = next(key for key in ("logprobs", "echo", "tools") if body.get(key))
+        raise ApiError(400, f"'{name}' is not supported by this server", name)
+    return {
+        "max_tokens": max_tokens,
+        "temperature": number(body, "temperature", 1.0, 0, 2),
+        "top_p": number(body, "top_p", 1.0, 1e-9, 1),
+        "seed": seed,
+        "stop": tuple(stop),
+    }
+
+
+def read_rating(value) -> int | bool:
+    """A thumbs rating (true/false, "up"/"down") or a 1-5 score."""
+    if isinstance(value, bool):
+        return value
+    if value in ("up", "down"):
+        return value == "up"
+    if isinstance(value, int) and 1 <= value <= 5:
+        return value
+    raise ApiError(400, f"'rating' must be true/false, 'up'/'down' or an integer 1-5, got {value!r}", "rating")
+
+
+def raw_ids(request, version: Version) -> list[int]:
+    if not isinstance(request, str):
+        raise ApiError(
+            400, f"model '{version.name}' records no chat format: send raw text to /v1/completions", "messages"
+        )
+    return version.tokenizer(request)["input_ids"]
+
+
+def worker_error(data) -> str:
+    text = str(getattr(data, "detail", None) or data)
+    return text.splitlines()[0] if text else "unknown error"
+
+
+def event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,298 @@
+"""`lightning-ft serve`: a tiny fine-tune served over HTTP on 127.0.0.1 and asked through the official openai client."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lightning_ft.callbacks.generation import generate
+from lightning_ft.commands import main
+from lightning_ft.data.formats import Chat, EncodeContext, Instruction
+from lightning_ft.data.quality import QualityRules
+from lightning_ft.data.served import TrainedPrompts, prompt_settings
+from lightning_ft.serving.metrics import LATENCY_BUCKETS
+
+QUESTION = "Reverse the words."
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_model, data_dir, tmp_path_factory) -> Path:
+    """A short LoRA instruction fit of the tiny model, exported merged (v1) and as an adapter (v2)."""
+    root = tmp_path_factory.mktemp("serve")
+    fit = ["fit", "--model.model_name_or_path", str(tiny_model), "--model.method", "LoRA"]
+    fit += ["--data.train_path", str(data_dir / "train.jsonl"), "--data.val_path", str(data_dir / "val.jsonl")]
+    fit += ["--trainer.default_root_dir", str(root / "run"), "--trainer.max_steps", "4", "--trainer.accelerator", "cpu"]
+    fit += ["--trainer.devices", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    fit += ["--generation.num_samples", "0", "--model.optim.lr", "1e-2"]
+    assert main(fit) == 0
+    checkpoint = str(root / "run/checkpoints/last.ckpt")
+    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v1"), "--merge"]) == 0
+    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v2")]) == 0
+    return root
+
+
+class Server:
+    def __init__(self, args: list[str], log_dir: Path) -> None:
+        self.port, self.log_dir = free_port(), log_dir
+        command = [sys.executable, "-m", "lightning_ft", "serve", *args, "--port", str(self.port)]
+        command += ["--log_dir", str(log_dir), "--max_batch_size", "8"]
+        self.output = open(log_dir.parent / f"{log_dir.name}.out", "w")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(command, stdout=self.output, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"the server did not start: {self.log()}")
+
+    def log(self) -> str:
+        self.output.flush()
+        return (self.log_dir.parent / f"{self.log_dir.name}.out").read_text()[-3000:]
+
+    def post(self, path: str, body) -> tuple[int, dict, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, dict(answer.headers), json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), json.loads(err.read())
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=30) as answer:
+            return answer.read().decode()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)  # only the process this test started, by its pid
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.output.close()
+
+
+@pytest.fixture(scope="module")
+def server(exports):
+    served = Server(
+        ["--model", f"v1={exports / 'v1'}", "--model", f"v2={exports / 'v2'}", "--route", "v1=0.8,v2=0.2"],
+        exports / "logs",
+    )
+    yield served
+    assert served.stop() in (0, -signal.SIGTERM), served.log()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_the_openai_client_gets_the_answer_generate_gives(exports, client):
+    """Greedy (temperature 0): the served answer equals `generate` on the same model and the training's template."""
+    model = AutoModelForCausalLM.from_pretrained(exports / "v1")
+    tokenizer = AutoTokenizer.from_pretrained(exports / "v1")
+    prompt = Instruction().generation_example({"instruction": QUESTION, "input": "", "output": ""}, tokenizer)
+    expected = generate(model, tokenizer, [prompt["prompt_ids"]], 8)[0]
+
+    messages = [{"role": "user", "content": QUESTION}]
+    chat = client.chat.completions.create(model="v1", messages=messages, max_tokens=8, temperature=0)
+    assert chat.model == "v1" and chat.choices[0].message.content == expected
+    assert chat.usage.prompt_tokens == len(prompt["prompt_ids"]) and chat.usage.completion_tokens <= 8
+    assert chat.choices[0].finish_reason in ("stop", "length")
+
+    streamed = client.chat.completions.create(model="v1", messages=messages, max_tokens=8, temperature=0, stream=True)
+    chunks = list(streamed)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+
+    completion = client.completions.create(model="v1", prompt=QUESTION, max_tokens=8, temperature=0)
+    assert completion.choices[0].text == expected
+    streamed = client.completions.create(model="v1", prompt=QUESTION, max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+    # the adapter export over the same base answers alike (it is the same trained model)
+    adapter = client.chat.completions.create(model="v2", messages=messages, max_tokens=8, temperature=0)
+    assert adapter.model == "v2" and adapter.choices[0].message.content == expected
+    models = client.models.list()
+    assert {m.id for m in models.data} == {"v1", "v2"}
+
+
+def test_sampling_honours_seed_temperature_and_stop(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    asked = {"model": "v1", "messages": messages, "max_tokens": 12, "temperature": 1.5}
+    first, again = (client.chat.completions.create(**asked, seed=7).choices[0].message.content for _ in range(2))
+    others = {client.chat.completions.create(**asked, seed=s).choices[0].message.content for s in range(8)}
+    assert first == again and len(others) > 1
+    whole = client.completions.create(model="v1", prompt=QUESTION, max_tokens=12, temperature=0).choices[0]
+    if len(whole.text) > 2:
+        stop = whole.text[1:3]
+        cut = client.completions.create(model="v1", prompt=QUESTION, max_tokens=12, temperature=0, stop=[stop])
+        assert cut.choices[0].text == whole.text[: whole.text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    short = client.completions.create(model="v1", prompt=QUESTION, max_tokens=1, temperature=0).choices[0]
+    assert short.finish_reason in ("length", "stop")
+
+
+BAD_REQUESTS = [
+    ("/v1/chat/completions", b"{not json", 400),
+    ("/v1/chat/completions", b"[1, 2]", 400),
+    ("/v1/chat/completions", {"model": "v9", "messages": [{"role": "user", "content": "hi"}]}, 404),
+    ("/v1/chat/completions", {"model": "v1"}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": []}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": "hi"}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"content": "hi"}]}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "wizard", "content": "hi"}]}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": 3}]}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "assistant", "content": "hi"}]}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "hi"}], "seed": "x"}, 400),
+    ("/v1/chat/completions", {"model": "v1", "messages": [{"role": "user", "content": "x " * 2000}]}, 400),
+    ("/v1/completions", {"model": "v1", "prompt": ["a", "b"]}, 400),
+    ("/v1/completions", {"model": "v1", "prompt": "hi", "max_tokens": -5}, 400),
+    ("/v1/feedback", {"response_id": "chatcmpl-nope", "rating": 5}, 404),
+    ("/v1/feedback", {"rating": 5}, 400),
+    ("/admin/route", {"route": "v1=-1"}, 400),
+    ("/admin/route", {"route": "v7=1"}, 400),
+]
+
+
+def test_bad_requests_are_4xx_with_a_clear_message_and_the_server_keeps_serving(server):
+    for path, body, status in BAD_REQUESTS:
+        got, _, answer = server.post(path, body)
+        assert got == status, (path, body, got, answer)
+        error = answer["error"]
+        assert error["message"] and error["type"] == "invalid_request_error", answer
+        good = {"model": "v1", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2}
+        assert server.post("/v1/chat/completions", good)[0] == 200, (path, body)
+
+
+def histogram_quantile(text: str, q: float, endpoint: str) -> float:
+    """The bucket bound a quantile falls under (all versions), read from /metrics as Prometheus' histogram_quantile
+    bounds it."""
+    counts: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("lightning_ft_request_latency_seconds_bucket{") and f'endpoint="{endpoint}"' in line:
+            bound = line.split('le="')[1].split('"')[0]
+            bound = math.inf if bound == "+Inf" else float(bound)
+            counts[bound] = counts.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    total = counts[math.inf]
+    return next(bound for bound, count in sorted(counts.items()) if count >= q * total)
+
+
+def test_a_routed_load_is_split_by_weight_sticky_per_user_counted_and_logged(server):
+    """1,000 routed requests from 50 users, 16 at a time: all answered, shares within binomial bounds, each user on
+    one version, every request in the log and in /metrics, whose percentiles agree with the client's."""
+    users = [f"user{i}" for i in range(50)]
+
+    def ask(i: int):
+        body = {"model": "auto", "prompt": QUESTION, "max_tokens": 2, "user": users[i % 50]}
+        started = time.perf_counter()
+        status, headers, answer = server.post("/v1/completions", body)
+        return (
+            status,
+            headers.get("x-lightning-ft-version"),
+            answer.get("model"),
+            users[i % 50],
+            time.perf_counter() - started,
+        )
+
+    log = server.log_dir / "requests.jsonl"
+    before = len(log.read_text().splitlines()) if log.is_file() else 0
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, range(1000)))
+    assert all(status == 200 for status, *_ in results)
+    assert all(header == model for _, header, model, *_ in results)
+    versions_of = {}
+    for _, _, model, user, _ in results:
+        versions_of.setdefault(user, set()).add(model)
+    assert all(len(v) == 1 for v in versions_of.values()), versions_of
+    # Sticky: shares are by user (50 draws), each user 20 requests. Binomial bounds on the users' split, 99.9%.
+    v2_users = sum(v == {"v2"} for v in versions_of.values())
+    assert 50 * 0.2 - 3.3 * math.sqrt(50 * 0.2 * 0.8) <= v2_users <= 50 * 0.2 + 3.3 * math.sqrt(50 * 0.2 * 0.8)
+
+    logged = [json.loads(line) for line in log.read_text().splitlines()[before:]]
+    assert len(logged) == 1000 and all(r["status"] == 200 and r["latency_s"] > 0 for r in logged)
+    metrics = server.get("/metrics")
+    latencies = sorted(r[-1] for r in results)
+    for q in (0.5, 0.95, 0.99):
+        # client and server time the same requests; the server's histogram bounds its quantile to a bucket
+        client_side = latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+        bounds = [b for b in LATENCY_BUCKETS] + [math.inf]
+        served = histogram_quantile(metrics, q, "completions")
+        assert abs(bounds.index(served) - next(i for i, b in enumerate(bounds) if client_side <= b)) <= 1, (
+            q,
+            served,
+            client_side,
+        )
+
+
+def test_the_route_changes_while_serving(server):
+    status, _, answer = server.post("/admin/route", {"route": "v2=1"})
+    assert status == 200 and answer["route"] == {"v2": 1.0}
+    body = {"model": "auto", "prompt": QUESTION, "max_tokens": 1, "user": "someone"}
+    assert server.post("/v1/completions", body)[2]["model"] == "v2"
+    assert server.post("/admin/route", {"route": "v1=0.8,v2=0.2"})[0] == 200
+
+
+def test_feedback_is_recorded_against_a_response(server):
+    status, _, answer = server.post("/v1/completions", {"model": "v1", "prompt": QUESTION, "max_tokens": 2})
+    assert status == 200
+    assert server.post("/v1/feedback", {"response_id": answer["id"], "rating": 5, "user": "ann"})[0] == 200
+    assert server.post("/v1/feedback", {"response_id": answer["id"], "rating": 9})[0] == 400
+    ratings = [json.loads(line) for line in (server.log_dir / "feedback.jsonl").read_text().splitlines()]
+    assert ratings[-1]["response_id"] == answer["id"] and ratings[-1]["rating"] == 5
+
+
+@pytest.mark.parametrize("fmt", [Instruction(), Chat()], ids=["instruction", "chat"])
+def test_the_served_prompt_is_the_training_prompt(tiny_model, fmt):
+    """The tokens a served request gets equal those training gave the same conversation before its answer."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = TrainedPrompts(json.loads(json.dumps(prompt_settings(fmt, QualityRules()))))  # as a checkpoint keeps it
+    question, answer = "Reverse the words:  red cat blue ", "blue cat red"
+    if isinstance(fmt, Chat):
+        record = {
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question.strip()}]
+        }
+        record["messages"].append({"role": "assistant", "content": answer})
+        request = record["messages"][:-1]
+    else:
+        record, request = {"instruction": question.strip(), "output": answer}, question  # served text: not stripped
+    trained = fmt.encode(record, EncodeContext(tokenizer, max_length=512))
+    start = next(i for i, label in enumerate(trained["labels"]) if label != -100)
+    assert prompts.ids(request, tokenizer) == trained["input_ids"][:start]
+    if isinstance(fmt, Chat):
+        assert tokenizer.eos_token_id in prompts.turn_end_ids(tokenizer) | {tokenizer.eos_token_id}
+
+
+def test_a_checkpoint_records_how_its_prompts_were_rendered(exports):
+    saved = torch.load(exports / "run/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+    assert saved["FineTuneDataModule"]["prompts"]["format"]["class_path"].endswith("Instruction")
+    record = json.loads((exports / "v1/lightning_ft_export.json").read_text())
+    assert record["prompts"] == saved["FineTuneDataModule"]["prompts"]
