@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATASETS, instruction_rows, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_ft.callbacks.generation import generate
@@ -34,19 +37,39 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def chat_rows(n: int, seed: int) -> list[dict]:
+    """The instruction task as conversations."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"{r['instruction']} {r['input']}"},
+                {"role": "assistant", "content": r["output"]},
+            ]
+        }
+        for r in instruction_rows(n, seed)
+    ]
+
+
+def short_fit(tiny_model, run: Path, train: Path, val: Path, *extra: str) -> str:
+    fit = ["fit", "--model.model_name_or_path", str(tiny_model), "--model.method", "LoRA", *extra]
+    fit += ["--data.train_path", str(train), "--data.val_path", str(val), "--trainer.default_root_dir", str(run)]
+    fit += ["--trainer.max_steps", "4", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    fit += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--generation.num_samples", "0"]
+    assert main([*fit, "--model.optim.lr", "1e-2"]) == 0
+    return str(run / "checkpoints/last.ckpt")
+
+
 @pytest.fixture(scope="module")
 def exports(tiny_model, data_dir, tmp_path_factory) -> Path:
-    """A short LoRA instruction fit of the tiny model, exported merged (v1) and as an adapter (v2)."""
+    """Short LoRA fits of the tiny model: on instructions, exported merged (v1) and as an adapter (v2); on the same
+    task as conversations, exported merged (v3)."""
     root = tmp_path_factory.mktemp("serve")
-    fit = ["fit", "--model.model_name_or_path", str(tiny_model), "--model.method", "LoRA"]
-    fit += ["--data.train_path", str(data_dir / "train.jsonl"), "--data.val_path", str(data_dir / "val.jsonl")]
-    fit += ["--trainer.default_root_dir", str(root / "run"), "--trainer.max_steps", "4", "--trainer.accelerator", "cpu"]
-    fit += ["--trainer.devices", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
-    fit += ["--generation.num_samples", "0", "--model.optim.lr", "1e-2"]
-    assert main(fit) == 0
-    checkpoint = str(root / "run/checkpoints/last.ckpt")
-    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v1"), "--merge"]) == 0
-    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v2")]) == 0
+    checkpoint = short_fit(tiny_model, root / "run", data_dir / "train.jsonl", data_dir / "val.jsonl")
+    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v1"), "--merge", "--version", "v1"]) == 0
+    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v2"), "--version", "v2"]) == 0
+    chats = write_jsonl(root / "chat.jsonl", chat_rows(400, 0)), write_jsonl(root / "chat_val.jsonl", chat_rows(8, 1))
+    checkpoint = short_fit(tiny_model, root / "chat_run", *chats, "--data.format", "chat")
+    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v3"), "--merge"]) == 0
     return root
 
 
@@ -97,7 +120,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server(exports):
     served = Server(
-        ["--model", f"v1={exports / 'v1'}", "--model", f"v2={exports / 'v2'}", "--route", "v1=0.8,v2=0.2"],
+        ["--model", "v1", "--model", str(exports / "v2"), "--model", f"v3={exports / 'v3'}", "--route", "v1=0.8,v2=0.2"]
+        + ["--registry", str(exports / "models.json"), "--drift_window", "50"],
         exports / "logs",
     )
     yield served
@@ -138,7 +162,7 @@ def test_the_openai_client_gets_the_answer_generate_gives(exports, client):
     adapter = client.chat.completions.create(model="v2", messages=messages, max_tokens=8, temperature=0)
     assert adapter.model == "v2" and adapter.choices[0].message.content == expected
     models = client.models.list()
-    assert {m.id for m in models.data} == {"v1", "v2"}
+    assert {m.id for m in models.data} == {"v1", "v2", "v3"}
 
 
 def test_sampling_honours_seed_temperature_and_stop(client):
@@ -296,3 +320,97 @@ def test_a_checkpoint_records_how_its_prompts_were_rendered(exports):
     assert saved["FineTuneDataModule"]["prompts"]["format"]["class_path"].endswith("Instruction")
     record = json.loads((exports / "v1/lightning_ft_export.json").read_text())
     assert record["prompts"] == saved["FineTuneDataModule"]["prompts"]
+
+
+def paragraphs(n: int, seed: int = 0) -> list[str]:
+    """Questions unlike the training's: long, other words, digits and punctuation (an exam, not a word game)."""
+    rng = random.Random(seed)
+    words = [
+        "thermodynamics",
+        "entropy",
+        "of",
+        "an",
+        "ideal",
+        "gas",
+        "at",
+        "300",
+        "kelvin;",
+        "which",
+        "statement",
+        "(A,",
+        "B,",
+        "C",
+        "or",
+        "D)",
+        "holds",
+        "true?",
+    ]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(40, 80))) for _ in range(n)]
+
+
+MMLU = SHARED_DATASETS / "mmlu" / "test"
+
+
+def mmlu_questions(n: int) -> list[str]:
+    rows = []
+    for path in sorted(MMLU.glob("*_test.csv"))[:10]:
+        rows += [
+            row[0] + "\n" + "\n".join(f"{c}. {a}" for c, a in zip("ABCD", row[1:5])) for row in csv.reader(path.open())
+        ]
+    return random.Random(0).sample([row for row in rows if len(row) < 300], n)  # within the tiny model's context
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [paragraphs, pytest.param(mmlu_questions, marks=pytest.mark.skipif(not MMLU.is_dir(), reason="no MMLU here"))],
+    ids=["exam-like", "mmlu"],
+)
+def test_drift_alerts_on_another_data_set_only(server, elsewhere):
+    """A window of 50 prompts like the training's raises no alert; 60 from another data set do (v3, chat-trained)."""
+    alerts = server.log_dir / "alerts.jsonl"
+
+    def alerted() -> list[dict]:
+        lines = alerts.read_text().splitlines() if alerts.is_file() else []
+        return [a for a in map(json.loads, lines) if a["version"] == "v3"]
+
+    def ask(contents: list[str]) -> None:
+        for content in contents:
+            body = {"model": "v3", "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+            assert server.post("/v1/chat/completions", body)[0] == 200
+
+    already = len(alerted())
+    ask([row["messages"][0]["content"] for row in chat_rows(60, seed=len(already * "x") + 7)])
+    assert len(alerted()) == already, alerted()[already:]
+    metrics = server.get("/metrics")
+    scores = {line.split('statistic="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("lightning_ft_drift_score{") and 'version="v3"' in line}  # fmt: skip
+    assert scores["token_psi"] < 0.25 and scores["length_psi"] < 0.25, scores
+    ask(elsewhere(60))
+    raised = alerted()[already:]
+    assert {a["statistic"] for a in raised} & {"token_psi", "length_psi", "length_ks_p"}, raised
+    assert all(a["scores"]["token_psi"] > scores["token_psi"] for a in raised)
+    assert "drift alert: v3:" in server.log()
+    ask([row["messages"][0]["content"] for row in chat_rows(60, seed=8)])  # back to normal for the next case
+
+
+def test_rated_answers_become_preference_pairs_that_dpo_trains_on(server, exports, tmp_path, capsys):
+    """Serve -> rate -> `data from-feedback` -> DPO on the served model: the loop back into training."""
+    for row in chat_rows(6, seed=11):
+        asked = {"model": "v3", "messages": row["messages"][:1], "max_tokens": 6, "temperature": 1.5}
+        answers = [server.post("/v1/chat/completions", asked | {"seed": seed})[2]["id"] for seed in (1, 2)]
+        for response_id, rating in zip(answers, (5, 1)):
+            assert server.post("/v1/feedback", {"response_id": response_id, "rating": rating})[0] == 200
+    pairs = tmp_path / "pairs.jsonl"
+    command = ["data", "from-feedback", str(server.log_dir), "--format", "preference", "--output", str(pairs)]
+    assert main(command) == 0
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert len(rows) >= 5 and all(isinstance(r["prompt"], list) and r["chosen"] != r["rejected"] for r in rows)
+    run = tmp_path / "dpo"
+    fit = ["fit", "--model.model_name_or_path", str(exports / "v3"), "--model.objective", "DPO"]
+    fit += ["--model.method", "LoRA", "--data.format", "preference", "--data.train_path", str(pairs)]
+    fit += ["--data.val_path", str(pairs), "--data.quality.leakage_check", "false"]  # few pairs: judged on themselves
+    fit += ["--trainer.max_steps", "3", "--trainer.accelerator", "cpu"]
+    fit += ["--trainer.default_root_dir", str(run), "--trainer.logger", "false", "--generation.num_samples", "0"]
+    assert main([*fit, "--trainer.enable_progress_bar", "false", "--model.optim.lr", "1e-2"]) == 0
+    final = json.loads((run / "run.json").read_text())["metrics"]["final"]
+    assert final["val_rewards_margins"] > 0, final  # it learned from the ratings

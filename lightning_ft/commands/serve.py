@@ -41,6 +41,8 @@ def parser():
     add("--log_dir", type=str, default="serve_logs", help="request/feedback logs, route file and metrics state")
     add("--redact", type=bool, default=True, help="scrub PII from logged inputs and outputs")
     add("--timeout", type=float, default=120.0, help="seconds a request may wait for the model")
+    add("--drift_window", type=int, default=200, help="recent prompts per version compared with the training's")
+    add("--drift_threshold", type=float | None, default=None, help="PSI above which drift alerts (default 0.25)")
     return parser
 
 
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> None:
     """lightning-ft serve --model DIR_OR_CKPT [--model NAME=DIR ...] [--route 'v1=0.9,v2=0.1'] [--port 8000]
     [--host 127.0.0.1] [--max_batch_size 8] [--batch_timeout 0.01] [--workers 1] [--device auto] [--log_dir DIR]"""
     args = parser().parse_args(argv)
-    for flag, low in (("max_batch_size", 1), ("workers", 1), ("port", 1024)):
+    for flag, low in (("max_batch_size", 1), ("workers", 1), ("port", 1024), ("drift_window", 1)):
         if args[flag] < low:
             raise UserError(f"--{flag} must be at least {low}, got {args[flag]}")
     log_dir = Path(args.log_dir).expanduser().resolve()
@@ -92,6 +94,7 @@ def main(argv: list[str]) -> None:
     from lightning_ft.serving.routing import Router, parse_route
     from lightning_ft.serving.spec import OpenAICompatible
     from lightning_ft.serving.versions import read_version
+    from lightning_ft.serving.watch import DriftWatch
 
     registry = Path(args.registry).expanduser()
     versions = [read_version(*named) for named in named_sources(args.model, registry)]
@@ -107,7 +110,8 @@ def main(argv: list[str]) -> None:
             str(version.source) if version.kind == "merged" else version.base or version.record["model_name_or_path"]
         )
         context[version.name] = context_length(source) or version.tokenizer.model_max_length
-    spec = OpenAICompatible(versions, router, RequestLog(log_dir, redact=args.redact), context)
+    drift = DriftWatch({v.name: v.profile for v in versions}, args.drift_window, args.drift_threshold)
+    spec = OpenAICompatible(versions, router, RequestLog(log_dir, redact=args.redact), context, drift)
     api = Generation(spec, versions, args.max_batch_size, args.batch_timeout)
     server = ls.LitServer(
         api, accelerator=args.device, devices=1, workers_per_device=args.workers, timeout=args.timeout

@@ -63,16 +63,23 @@ def build_profile(
 
 
 def prompt_tokens(example: dict) -> list[int]:
-    """The tokens of an example the model reads before answering: those without labels (of its first sequence, for
-    preference pairs); a classifier's or a raw-text example's whole input."""
-    ids, labels = example["input_ids"], example["labels"]
+    """The tokens an example's model reads before its (last) answer, as a server renders a request: all before the
+    last run of labelled tokens (of the first sequence, for preference pairs); a classifier's or a raw-text
+    example's whole input."""
+    ids, labels = list(example["input_ids"]), example["labels"]
     if not isinstance(labels, list):
-        return list(ids)
+        return ids
     sequence = example.get("sequence")
     if sequence:
-        ids, labels = zip(*[(t, label) for t, label, s in zip(ids, labels, sequence) if s == 0]) or ((), ())
-    prompt = [token for token, label in zip(ids, labels) if label == IGNORE_INDEX]
-    return prompt or list(ids)
+        first = sum(1 for s in sequence if s == 0)
+        ids, labels = ids[:first], labels[:first]
+    labelled = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not labelled:
+        return ids
+    start = labelled[-1]
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return ids[:start] or ids
 
 
 def training_profile(dataset, label_names: Sequence[str] | None = None, seed: int = 0) -> dict:

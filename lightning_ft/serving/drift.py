@@ -100,6 +100,13 @@ class DriftMonitor:
         self._labels: deque[str | None] = deque(maxlen=window)
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # a server's spec travels to its worker processes pickled; a lock does not
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._lengths)
 

@@ -1,5 +1,5 @@
-"""The request and feedback logs of a server: JSON lines in LOGDIR (the schema serving/logs.py reads), rotated by
-the standard library's RotatingFileHandler, PII redacted by the data layer's scrubber unless told not to.
+"""The request, feedback and drift-alert logs of a server: JSON lines in LOGDIR (the schema serving/logs.py reads),
+rotated by the standard library's RotatingFileHandler, PII redacted by the data layer's scrubber unless told not to.
 
 A line is written and flushed before its response is sent, so a response the client has means a line on disk.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lightning_ft.data.quality import scrub_pii
 
-REQUESTS, FEEDBACK = "requests.jsonl", "feedback.jsonl"
+REQUESTS, FEEDBACK, ALERTS = "requests.jsonl", "feedback.jsonl", "alerts.jsonl"
 
 
 def redacted(value):
@@ -58,6 +58,7 @@ class RequestLog:
         self.folder, self.redact = folder, redact
         self.requests = JsonLines(folder / REQUESTS, max_bytes, backups)
         self.ratings = JsonLines(folder / FEEDBACK, max_bytes, backups)
+        self.alerts = JsonLines(folder / ALERTS, max_bytes, backups)
 
     def request(self, entry: dict) -> None:
         if self.redact:
@@ -68,6 +69,9 @@ class RequestLog:
         if self.redact and entry.get("comment"):
             entry = {**entry, "comment": redacted(entry["comment"])}
         self.ratings.write({"time": now(), **entry})
+
+    def alert(self, entry: dict) -> None:
+        self.alerts.write({"time": now(), **entry})
 
     def served_ids(self) -> set[str]:
         """Response ids in the request logs on disk (rotated files too): what feedback may name."""

@@ -28,6 +28,7 @@ from lightning_ft.serving import metrics
 from lightning_ft.serving.requestlog import RequestLog
 from lightning_ft.serving.routing import ROUTED_NAMES, Router, parse_route
 from lightning_ft.serving.versions import Version
+from lightning_ft.serving.watch import DriftWatch
 
 VERSION_HEADER = "x-lightning-ft-version"
 MAX_STOP_STRINGS = 4  # as OpenAI's API
@@ -74,11 +75,13 @@ class Job:
 class OpenAICompatible(LitSpec):
     """/v1/chat/completions, /v1/completions, /v1/models, /v1/feedback, /admin/route and /metrics."""
 
-    def __init__(self, versions: list[Version], router: Router, log: RequestLog, context: dict[str, int]) -> None:
+    def __init__(
+        self, versions: list[Version], router: Router, log: RequestLog, context: dict[str, int], drift: DriftWatch
+    ) -> None:
         super().__init__()
         self.api_path = "/v1/chat/completions"
         self.versions = {version.name: version for version in versions}
-        self.router, self.log, self.context = router, log, context
+        self.router, self.log, self.context, self.drift = router, log, context, drift
         self.known_ids: set[str] | None = None  # response ids feedback may name (read from the log on first use)
 
     @property
@@ -214,6 +217,7 @@ class OpenAICompatible(LitSpec):
                 "context_length_exceeded",
             )
         sampling["max_tokens"] = min(sampling["max_tokens"], context - len(prompt_ids))
+        self.drift.observe(name, prompt_ids, self.log)
         options = body.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         prefix = "chatcmpl" if endpoint == "chat.completions" else "cmpl"

@@ -8,6 +8,7 @@ version name.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from lightning_ft.checkpoints import load_checkpoint_file
+from lightning_ft.data.profile import PROFILE_FILE
 from lightning_ft.data.served import DATAMODULE_STATE, TrainedPrompts
 from lightning_ft.errors import UserError
 from lightning_ft.export.hf import AUTO_CLASSES, EXPORT_RECORD, read_export_record
@@ -33,6 +35,7 @@ class Version:
     record: dict  # the export record, or the checkpoint's hyperparameters
     prompts: TrainedPrompts | None
     tokenizer: object = field(repr=False, default=None)
+    profile: dict | None = field(repr=False, default=None)  # the training prompts' (data/profile.py), for drift
 
     @property
     def labels(self) -> list[str] | None:
@@ -50,12 +53,14 @@ def read_version(name: str, source: str | Path, given: str | None = None) -> Ver
             raise UserError(f"{flag}: a {record['format']} export does not serve (export hf)")
         settings, tokenizer_source = record.get("prompts"), str(path)
         kind, task, base = record["format"], record["task"], record.get("base_model")
+        profile = json.loads((path / PROFILE_FILE).read_text()) if (path / PROFILE_FILE).is_file() else None
     elif path.is_file() and path.suffix == ".ckpt":
         saved = load_checkpoint_file(path, mmap=True)
         record = dict(saved.get("hyper_parameters") or {})
         if "model_name_or_path" not in record:
             raise UserError(f"{flag}: not a lightning-ft checkpoint")
         settings = (saved.get(DATAMODULE_STATE) or {}).get("prompts")
+        profile = (saved.get(DATAMODULE_STATE) or {}).get("inputs")
         kind, task, base, tokenizer_source = (
             "checkpoint",
             record.get("task", "causal_lm"),
@@ -73,7 +78,7 @@ def read_version(name: str, source: str | Path, given: str | None = None) -> Ver
             stacklevel=2,
         )
     prompts = TrainedPrompts(settings) if settings else None
-    return Version(name, path, kind, task, base, record, prompts, load_tokenizer(tokenizer_source))
+    return Version(name, path, kind, task, base, record, prompts, load_tokenizer(tokenizer_source), profile)
 
 
 def stop_token_ids(version: Version, model: nn.Module) -> set[int]:
