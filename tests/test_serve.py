@@ -110,7 +110,8 @@ class Server:
             return answer.read().decode()
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)  # only the process this test started, by its pid
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # only the process this test started, by its pid
         try:
             return self.process.wait(timeout=60)
         finally:
@@ -414,3 +415,122 @@ def test_rated_answers_become_preference_pairs_that_dpo_trains_on(server, export
     assert main([*fit, "--trainer.enable_progress_bar", "false", "--model.optim.lr", "1e-2"]) == 0
     final = json.loads((run / "run.json").read_text())["metrics"]["final"]
     assert final["val_rewards_margins"] > 0, final  # it learned from the ratings
+
+
+def test_a_request_the_model_fails_on_is_a_500_for_it_alone(exports, tmp_path):
+    """The HTTP side of a failure inside the model (the engine fails only the request that breaks it: see
+    test_serving_engine): that request gets a 500 in OpenAI's error shape, is logged as one, and the next succeeds."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from litserve.utils import LitAPIStatus
+
+    from lightning_ft.serving.requestlog import RequestLog
+    from lightning_ft.serving.routing import Router
+    from lightning_ft.serving.spec import OpenAICompatible
+    from lightning_ft.serving.versions import read_version
+    from lightning_ft.serving.watch import DriftWatch
+
+    version = read_version("v1", exports / "v1")
+    router = Router(tmp_path / "route.json", ["v1"], {"v1": 1.0})
+    spec = OpenAICompatible([version], router, RequestLog(tmp_path / "logs"), {"v1": 512}, DriftWatch({}))
+
+    async def worker(job):  # what api.py sends back: an error piece for the request that broke the model
+        broken = job.input == "boom"
+        piece = {"text": "", "token_id": None, "error": "RuntimeError: boom"} if broken else None
+        piece = piece or {"text": "ok", "token_id": 5, "logprob": -0.5, "finish_reason": "stop", "error": None}
+        yield json.dumps(piece), LitAPIStatus.OK
+
+    spec.submit = worker
+    spec.pre_setup(None)
+    app = FastAPI()
+    for path, endpoint, methods in spec.endpoints:
+        app.add_api_route(path, endpoint, methods=methods)
+    client = TestClient(app)
+    failed = client.post("/v1/completions", json={"model": "v1", "prompt": "boom"})
+    assert (
+        failed.status_code == 500
+        and "the model failed on this request: RuntimeError: boom" in failed.json()["error"]["message"]
+    )
+    good = client.post("/v1/completions", json={"model": "v1", "prompt": QUESTION})
+    assert good.status_code == 200 and good.json()["choices"][0]["text"] == "ok"
+    logged = [json.loads(line) for line in (tmp_path / "logs/requests.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["error"] is None) for r in logged] == [(500, False), (200, True)]
+
+
+def in_process(versions: list, folder: Path):
+    """A server's two halves in this process: the spec's endpoints on a test client, and its inference worker
+    (serving/api.py) stepped as LitServe's loop steps it."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from litserve.utils import LitAPIStatus
+
+    from lightning_ft.serving.api import Generation
+    from lightning_ft.serving.requestlog import RequestLog
+    from lightning_ft.serving.routing import Router
+    from lightning_ft.serving.spec import OpenAICompatible
+    from lightning_ft.serving.watch import DriftWatch
+
+    names = [version.name for version in versions]
+    router = Router(folder / "route.json", names, {names[0]: 1.0})
+    spec = OpenAICompatible(versions, router, RequestLog(folder / "logs"), dict.fromkeys(names, 512), DriftWatch({}))
+    worker = Generation(spec, versions, max_batch_size=8, batch_timeout=0.0)
+    worker.setup("cpu")
+
+    async def submit(job):
+        uid = f"request-{job.id}"
+        worker.add_request(uid, {"version": job.version, "prompt_ids": job.prompt_ids, "sampling": job.sampling})
+        while True:
+            for output in worker.step(None):
+                if output.status == LitAPIStatus.FINISH_STREAMING:
+                    return
+                yield worker.format_encoded_response(worker.encode_response(output.output)), output.status
+
+    spec.submit = submit
+    spec.pre_setup(None)
+    app = FastAPI()
+    for path, endpoint, methods in spec.endpoints:
+        app.add_api_route(path, endpoint, methods=methods)
+    return TestClient(app)
+
+
+def test_a_served_classifier_answers_the_label_probabilities_its_model_gives(tiny_model, data_dir, exports):
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_ft.serving.versions import read_version
+
+    classify = ["--model.task", "sequence_classification", "--data.format", "classification"]
+    classify += ["--model.labels", json.dumps(["neg", "pos"])]
+    files = data_dir / "cls_train.jsonl", data_dir / "cls_val.jsonl"
+    checkpoint = short_fit(tiny_model, exports / "cls_run", *files, *classify)
+    assert main(["export", "--ckpt", checkpoint, "--output", str(exports / "cls"), "--merge"]) == 0
+    client = in_process([read_version("c1", exports / "cls")], exports / "cls_served")
+    model = AutoModelForSequenceClassification.from_pretrained(exports / "cls").eval()
+    tokenizer = AutoTokenizer.from_pretrained(exports / "cls")
+    for text in ["good great nice cat", "bad awful poor dog", " good  great nice red "]:
+        answer = client.post("/v1/classify", json={"model": "c1", "input": text}).json()
+        with torch.no_grad():  # as training read it: whitespace normalised, then tokenized
+            expected = model(**tokenizer(text.strip(), return_tensors="pt")).logits.softmax(-1)[0]
+        assert answer["scores"] == pytest.approx(dict(zip(["neg", "pos"], expected.tolist())), abs=1e-5)
+        assert answer["model"] == "c1" and answer["label"] == ["neg", "pos"][int(expected.argmax())]
+    assert client.post("/v1/classify", json={"model": "c1", "input": ["a", "b"]}).status_code == 400  # single texts
+    chat = {"model": "c1", "messages": [{"role": "user", "content": "x"}]}
+    assert client.post("/v1/chat/completions", json=chat).status_code == 400
+    logged = [json.loads(line) for line in (exports / "cls_served/logs/requests.jsonl").read_text().splitlines()]
+    assert [r["endpoint"] for r in logged] == ["classify"] * 3 and set(logged[0]["output"]) == {"neg", "pos"}
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_stops(server):
+    """The last test of the shared server: it stops it."""
+    body = {"model": "v1", "prompt": QUESTION, "max_tokens": 400, "temperature": 1.0, "seed": 1}
+    log = server.log_dir / "requests.jsonl"
+    before = len(log.read_text().splitlines())
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(server.post, "/v1/completions", body) for _ in range(4)]
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        results = [a.result() for a in answers]
+    assert [status for status, *_ in results] == [200] * 4, results
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), server.log()
+    logged = [json.loads(line) for line in log.read_text().splitlines()[before:]]
+    assert len(logged) == 4  # every answered request is in the log
+    assert any(r["latency_s"] > 0.3 for r in logged)  # some were still decoding when the signal came

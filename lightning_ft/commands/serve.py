@@ -100,8 +100,8 @@ def main(argv: list[str]) -> None:
     versions = [read_version(*named) for named in named_sources(args.model, registry)]
     names = [version.name for version in versions]
     tasks = {version.task for version in versions}
-    if tasks != {"causal_lm"}:
-        raise UserError(f"--model: serve answers causal LMs; {', '.join(sorted(tasks - {'causal_lm'}))} is not one")
+    if len(tasks) > 1:
+        raise UserError(f"--model: one server serves one kind of model, not {' and '.join(sorted(tasks))}")
     route = parse_route(args.route, names) if args.route else {names[0]: 1.0}
     router = Router(log_dir / "route.json", names, route)
     context = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from lightning_ft.data.formats import FORMATS, Chat, DataFormat
+from lightning_ft.data.formats import FORMATS, Chat, DataFormat, EncodeContext
 from lightning_ft.data.quality import QualityRules, normalize_value
 from lightning_ft.errors import UserError
 
@@ -54,6 +54,8 @@ class TrainedPrompts:
             )
         joined = set(self.format.joined_fields())
         record = {key: normalize_value(value, self.rules, keep_ends=key in joined) for key, value in record.items()}
+        if self.format.task == "sequence_classification":  # the whole (untruncated) input: serve checks its length
+            return self.format.encode(record, EncodeContext(tokenizer, max_length=10**9, num_labels=1))["input_ids"]
         example = self.format.generation_example(record, tokenizer)
         if example is None:
             raise UserError(f"the {type(self.format).__name__} format renders no prompt for this request")

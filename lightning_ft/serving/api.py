@@ -1,7 +1,8 @@
 """The inference worker of `lightning-ft serve`: a LitAPI stepped by LitServe's continuous-batching loop.
 
 Requests arrive already checked and tokenized (spec.py); each version has an Engine (engine.py) that decodes all
-of its requests together, one token per step, rows joining and leaving between steps. What a step gives goes back
+of its requests together, one token per step, rows joining and leaving between steps (a classifier's, classify.py,
+scores its queue in one forward per step). What a step gives goes back
 to the HTTP process piece by piece: text, the token's log-prob, and the finish reason at the end.
 """
 
@@ -15,6 +16,7 @@ from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Outp
 from litserve.utils import LitAPIStatus
 
 from lightning_ft.serving import metrics
+from lightning_ft.serving.classify import Classifier, Scores
 from lightning_ft.serving.engine import Engine, Sampling
 from lightning_ft.serving.spec import OpenAICompatible
 from lightning_ft.serving.versions import Version, load_versions, stop_token_ids
@@ -49,16 +51,18 @@ class Generation(ls.LitAPI):
         for version in self.versions:
             model = models[version.name]
             model.to(device)
-            self.engines[version.name] = Engine(
-                model,
-                version.tokenizer,
-                max_batch_size=self.max_batch_size,
-                stop_token_ids=stop_token_ids(version, model),
-            )
+            if version.task == "sequence_classification":
+                names = version.labels or [str(i) for i in range(model.config.num_labels)]
+                engine = Classifier(model, version.tokenizer, names, max_batch_size=self.max_batch_size)
+            else:
+                stops = stop_token_ids(version, model)
+                engine = Engine(model, version.tokenizer, max_batch_size=self.max_batch_size, stop_token_ids=stops)
+            self.engines[version.name] = engine
 
     def add_request(self, uid: str, request: dict) -> None:
         self.version_of[uid] = request["version"]
-        self.engines[request["version"]].add(uid, request["prompt_ids"], Sampling(**request["sampling"]))
+        sampling = Sampling(**request["sampling"]) if request["sampling"].get("max_tokens") else None  # None: classify
+        self.engines[request["version"]].add(uid, request["prompt_ids"], sampling)
 
     def has_capacity(self) -> bool:
         return sum(engine.active + engine.queued for engine in self.engines.values()) < self.max_batch_size
@@ -76,8 +80,12 @@ class Generation(ls.LitAPI):
             metrics.ACTIVE.labels(name).set(engine.active)
             metrics.QUEUE_DEPTH.labels(name).set(engine.queued)
             for token in tokens:
-                piece = {"text": token.text, "token_id": token.token_id, "logprob": token.logprob}
-                piece |= {"finish_reason": token.finish_reason, "error": token.error}
+                if isinstance(token, Scores):
+                    piece = {"text": "", "token_id": None, "scores": token.scores, "finish_reason": "stop"}
+                else:
+                    piece = {"text": token.text, "token_id": token.token_id, "logprob": token.logprob}
+                    piece |= {"finish_reason": token.finish_reason}
+                piece["error"] = token.error
                 if token.finish_reason == "error":
                     piece = {"text": "", "token_id": None, "error": token.error}
                 outputs.append(Output(token.uid, piece, LitAPIStatus.OK))

@@ -66,6 +66,7 @@ class Job:
     text: list[str] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
+    scores: dict[str, float] | None = None  # a classifier's answer
 
     def usage(self) -> dict:
         prompt, completion = len(self.prompt_ids), len(self.logprobs)
@@ -73,7 +74,7 @@ class Job:
 
 
 class OpenAICompatible(LitSpec):
-    """/v1/chat/completions, /v1/completions, /v1/models, /v1/feedback, /admin/route and /metrics."""
+    """/v1/chat/completions, /v1/completions, /v1/classify, /v1/models, /v1/feedback, /admin/route and /metrics."""
 
     def __init__(
         self, versions: list[Version], router: Router, log: RequestLog, context: dict[str, int], drift: DriftWatch
@@ -91,6 +92,7 @@ class OpenAICompatible(LitSpec):
     def pre_setup(self, lit_api) -> None:
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
         self.add_endpoint("/v1/completions", self.completions, ["POST"])
+        self.add_endpoint("/v1/classify", self.classify, ["POST"])
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/v1/feedback", self.feedback, ["POST"])
         self.add_endpoint("/admin/route", self.route, ["GET", "POST"])
@@ -109,6 +111,9 @@ class OpenAICompatible(LitSpec):
 
     async def completions(self, request: Request) -> Response:
         return await self.answer(request, "completions")
+
+    async def classify(self, request: Request) -> Response:
+        return await self.answer(request, "classify")
 
     async def models(self) -> JSONResponse:
         data = [
@@ -198,16 +203,18 @@ class OpenAICompatible(LitSpec):
                 "model_not_found",
             )
         version = self.versions[name]
-        if version.task != "causal_lm":
-            raise ApiError(400, f"model '{name}' is a {version.task} model: use /v1/classify", "model")
-        request = read_messages(body) if endpoint == "chat.completions" else read_prompt(body)
+        if (endpoint == "classify") != (version.task == "sequence_classification"):
+            use = "/v1/classify" if version.task == "sequence_classification" else "/v1/chat/completions"
+            raise ApiError(400, f"model '{name}' is a {version.task} model: use {use}", "model")
+        readers = {"chat.completions": read_messages, "completions": read_prompt, "classify": read_input}
+        request = readers[endpoint](body)
         try:
             prompt_ids = (
                 version.prompts.ids(request, version.tokenizer) if version.prompts else raw_ids(request, version)
             )
         except UserError as err:
             raise ApiError(400, str(err), "messages" if endpoint == "chat.completions" else "prompt") from None
-        sampling = read_sampling(body, endpoint)
+        sampling = read_sampling(body, endpoint) if endpoint != "classify" else {"max_tokens": 0}
         context = self.context[name]
         if len(prompt_ids) + 1 > context:
             raise ApiError(
@@ -220,7 +227,7 @@ class OpenAICompatible(LitSpec):
         self.drift.observe(name, prompt_ids, self.log)
         options = body.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        prefix = "chatcmpl" if endpoint == "chat.completions" else "cmpl"
+        prefix = {"chat.completions": "chatcmpl", "completions": "cmpl", "classify": "clf"}[endpoint]
         uid = f"{prefix}-{uuid.uuid4().hex[:24]}"
         return Job(uid, endpoint, name, request, prompt_ids, sampling, bool(body.get("stream")), user, usage)
 
@@ -243,6 +250,7 @@ class OpenAICompatible(LitSpec):
             piece = json.loads(data)
             if piece.get("error"):
                 raise ApiError(500, f"the model failed on this request: {piece['error']}", code="model_error")
+            job.scores = piece.get("scores") or job.scores
             now = time.perf_counter()
             if piece.get("token_id") is not None:
                 if job.first_token is None:
@@ -285,6 +293,9 @@ class OpenAICompatible(LitSpec):
 
     def whole(self, job: Job) -> dict:
         head = {"id": job.id, "created": int(time.time()), "model": job.version, "usage": job.usage()}
+        if job.endpoint == "classify":
+            label = max(job.scores, key=job.scores.get)
+            return head | {"object": "classification", "label": label, "scores": job.scores}
         text, reason = "".join(job.text), job.finish_reason or "stop"
         if job.endpoint == "completions":
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -310,13 +321,15 @@ class OpenAICompatible(LitSpec):
         if self.known_ids is not None:
             self.known_ids.add(job.id)
         confidence = sum(job.logprobs) / len(job.logprobs) if job.logprobs else None
+        if job.scores:  # a classifier's: the log-probability of the label it gave
+            confidence = math.log(max(max(job.scores.values()), 1e-45))
         self.log.request(
             {
                 "id": job.id, "endpoint": job.endpoint, "version": job.version, "user": job.user, "status": status,
                 "error": error, "latency_s": latency, "ttft_s": ttft, "prompt_tokens": len(job.prompt_ids),
                 "completion_tokens": len(job.logprobs), "confidence": confidence,
                 "finish_reason": job.finish_reason if status == 200 else None, "stream": job.stream,
-                "input": job.input, "output": "".join(job.text) if status == 200 else None,
+                "input": job.input, "output": (job.scores or "".join(job.text)) if status == 200 else None,
             }
         )  # fmt: skip
 
@@ -367,6 +380,17 @@ def read_messages(body: dict) -> list[dict]:
     if turns[-1]["role"] not in ("user", "tool"):
         raise ApiError(400, "the last message must be the user's (or a tool result): the model answers it", "messages")
     return turns
+
+
+def read_input(body: dict) -> str | list[str]:
+    """A classification request's `input`: one text, or a pair of texts."""
+    if body.get("stream"):
+        raise ApiError(400, "/v1/classify answers at once: 'stream' is not for it", "stream")
+    value = body.get("input")
+    pair = isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+    if isinstance(value, str) or pair:
+        return value
+    raise ApiError(400, "'input' must be a text, or a pair of texts [first, second]", "input")
 
 
 def read_prompt(body: dict) -> str:

@@ -33,6 +33,17 @@ class Classification(DataFormat):
     def required_fields(self) -> list[str]:
         return [*self.text_fields(), self.label_field]
 
+    def prompt_record(self, request: list | str) -> dict:
+        """A text to classify, or a pair of texts [first, second] where the model was trained on pairs (its label
+        is a placeholder: a served text has none)."""
+        if isinstance(request, str) and not self.text_pair_field:
+            return {self.text_field: request, self.label_field: 0}
+        pair = isinstance(request, list) and len(request) == 2 and all(isinstance(text, str) for text in request)
+        if self.text_pair_field and pair:
+            return {self.text_field: request[0], self.text_pair_field: request[1], self.label_field: 0}
+        wanted = "a pair of texts [first, second]" if self.text_pair_field else "one text"
+        raise UserError(f"this model was trained to classify {wanted}")
+
     def encode(self, record: dict, ctx: EncodeContext) -> dict:
         text = field(record, self.text_field)
         pair = field(record, self.text_pair_field) if self.text_pair_field else None
