@@ -16,6 +16,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import SHARED_DATASETS, instruction_rows, write_jsonl
@@ -62,7 +63,7 @@ def short_fit(tiny_model, run: Path, train: Path, val: Path, *extra: str) -> str
 @pytest.fixture(scope="module")
 def exports(tiny_model, data_dir, tmp_path_factory) -> Path:
     """Short LoRA fits of the tiny model: on instructions, exported merged (v1) and as an adapter (v2); on the same
-    task as conversations, exported merged (v3)."""
+    task as conversations, exported merged (v3) and as an adapter (v4) of the same base as v2's."""
     root = tmp_path_factory.mktemp("serve")
     checkpoint = short_fit(tiny_model, root / "run", data_dir / "train.jsonl", data_dir / "val.jsonl")
     assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v1"), "--merge", "--version", "v1"]) == 0
@@ -70,6 +71,7 @@ def exports(tiny_model, data_dir, tmp_path_factory) -> Path:
     chats = write_jsonl(root / "chat.jsonl", chat_rows(400, 0)), write_jsonl(root / "chat_val.jsonl", chat_rows(8, 1))
     checkpoint = short_fit(tiny_model, root / "chat_run", *chats, "--data.format", "chat")
     assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v3"), "--merge"]) == 0
+    assert main(["export", "--ckpt", checkpoint, "--output", str(root / "v4")]) == 0
     return root
 
 
@@ -79,7 +81,7 @@ class Server:
         command = [sys.executable, "-m", "lightning_ft", "serve", *args, "--port", str(self.port)]
         command += ["--log_dir", str(log_dir), "--max_batch_size", "8"]
         self.output = open(log_dir.parent / f"{log_dir.name}.out", "w")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(command, stdout=self.output, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.process = subprocess.Popen(command, stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -110,23 +112,44 @@ class Server:
             return answer.read().decode()
 
     def stop(self) -> int:
+        """SIGTERM to the server this test started, by its pid; then nothing of it may be left (its session's
+        processes: the HTTP and inference workers LitServe started)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # only the process this test started, by its pid
+            self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=60)
         finally:
             self.output.close()
+            assert not left_of(self.process.pid), f"the server left {left_of(self.process.pid)} running"
+
+
+def left_of(session: int, wait: float = 10.0) -> list[int]:
+    """The processes still running in a session, after up to `wait` seconds for them to end."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = [p.pid for p in psutil.process_iter(["pid"]) if p.pid != os.getpid() and session_of(p.pid) == session]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 @pytest.fixture(scope="module")
 def server(exports):
     served = Server(
         ["--model", "v1", "--model", str(exports / "v2"), "--model", f"v3={exports / 'v3'}", "--route", "v1=0.8,v2=0.2"]
+        + ["--model", f"v4={exports / 'v4'}", "--model", f"ckpt={exports / 'run/checkpoints/last.ckpt'}"]
         + ["--registry", str(exports / "models.json"), "--drift_window", "50"],
         exports / "logs",
     )
     yield served
-    assert served.stop() in (0, -signal.SIGTERM), served.log()
+    assert served.stop() == 0, served.log()
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +182,21 @@ def test_the_openai_client_gets_the_answer_generate_gives(exports, client):
     streamed = client.completions.create(model="v1", prompt=QUESTION, max_tokens=8, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == expected
 
-    # the adapter export over the same base answers alike (it is the same trained model)
-    adapter = client.chat.completions.create(model="v2", messages=messages, max_tokens=8, temperature=0)
-    assert adapter.model == "v2" and adapter.choices[0].message.content == expected
+    # The adapter exports (v2, v4: two adapters over one base, switched per request) and the checkpoint answer as
+    # the merged exports of the same trained models do.
+    chat = {"role": "user", "content": f"{QUESTION} red cat blue"}
+    merged, seen = {}, []
+    for name in ("v1", "v3", "v2", "v4", "v2", "ckpt", "v4"):
+        asked = {"model": name, "messages": [chat], "max_tokens": 8, "temperature": 0}
+        answer = client.chat.completions.create(**asked)
+        seen.append((name, answer.choices[0].message.content))
+        assert answer.model == name
+        merged.setdefault({"v2": "v1", "ckpt": "v1", "v4": "v3"}.get(name, name), set()).add(
+            answer.choices[0].message.content
+        )
+    assert all(len(answers) == 1 for answers in merged.values()), seen
     models = client.models.list()
-    assert {m.id for m in models.data} == {"v1", "v2", "v3"}
+    assert {m.id for m in models.data} == {"v1", "v2", "v3", "v4", "ckpt"}
 
 
 def test_sampling_honours_seed_temperature_and_stop(client):
@@ -530,7 +563,9 @@ def test_sigterm_finishes_the_requests_in_flight_then_stops(server):
         server.process.send_signal(signal.SIGTERM)
         results = [a.result() for a in answers]
     assert [status for status, *_ in results] == [200] * 4, results
-    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), server.log()
+    assert server.process.wait(timeout=60) == 0, server.log()
+    assert not left_of(server.process.pid), "the server left its workers running"
+    assert "stopped: the requests in flight were answered" in server.log()
     logged = [json.loads(line) for line in log.read_text().splitlines()[before:]]
     assert len(logged) == 4  # every answered request is in the log
     assert any(r["latency_s"] > 0.3 for r in logged)  # some were still decoding when the signal came

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from lightning_ft.commands.parsing import command_parser
@@ -118,4 +119,12 @@ def main(argv: list[str]) -> None:
     )
     shares = ", ".join(f"{name} {share:.0%}" for name, share in router.weights.items())
     print(f"serving {', '.join(names)} on http://{args.host}:{args.port}/v1 (route: {shares}); logs in {log_dir}")
+    # LitServe stops gracefully on Ctrl-C (its HTTP processes finish the requests in flight, then its inference
+    # workers stop); a plain SIGTERM would end this process alone and leave them running: make it a Ctrl-C.
+    signal.signal(signal.SIGTERM, interrupt)
     server.run(host=args.host, port=args.port, num_api_servers=1, generate_client_file=False, log_level="warning")
+    print("stopped: the requests in flight were answered")
+
+
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -9,6 +9,9 @@ to the HTTP process piece by piece: text, the token's log-prob, and the finish r
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import signal
+import sys
 
 import litserve as ls
 import torch
@@ -34,6 +37,14 @@ class Loop(ContinuousBatchingLoop):
         await super().run(lit_api, *args, **kwargs)
 
 
+def end_with_the_server() -> None:
+    """Ask Linux to stop this worker when the process that started it dies, however it dies (killed, it cannot
+    stop its workers itself, and each would keep a model in memory)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1  # prctl(2)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Generation(ls.LitAPI):
     def __init__(
         self, spec: OpenAICompatible, versions: list[Version], max_batch_size: int, batch_timeout: float
@@ -46,6 +57,7 @@ class Generation(ls.LitAPI):
         self.version_of: dict[str, str] = {}  # request uid -> version
 
     def setup(self, device) -> None:
+        end_with_the_server()
         device = torch.device(device if device != "auto" else "cpu")
         models = load_versions(self.versions)
         for version in self.versions:

@@ -145,5 +145,13 @@ class Switched:
             self.model.set_adapter(self.adapter)
         return self.model(*args, **kwargs)
 
+    def eval(self) -> Switched:  # the model's own would return the model, which would forget the adapter
+        self.model.eval()
+        return self
+
+    def to(self, *args, **kwargs) -> Switched:
+        self.model.to(*args, **kwargs)
+        return self
+
     def __getattr__(self, name: str):
         return getattr(self.model, name)
