@@ -319,13 +319,30 @@ def test_the_route_changes_while_serving(server):
     assert server.post("/admin/route", {"route": "v1=0.8,v2=0.2"})[0] == 200
 
 
-def test_feedback_is_recorded_against_a_response(server):
-    status, _, answer = server.post("/v1/completions", {"model": "v1", "prompt": QUESTION, "max_tokens": 2})
+def test_feedback_is_recorded_against_a_response_and_logs_are_redacted(server):
+    prompt = f"{QUESTION} Mail ann.lee@example.com"
+    status, _, answer = server.post("/v1/completions", {"model": "v1", "prompt": prompt, "max_tokens": 2})
     assert status == 200
+    logged = json.loads((server.log_dir / "requests.jsonl").read_text().splitlines()[-1])
+    assert logged["id"] == answer["id"] and logged["input"] == f"{QUESTION} Mail <EMAIL>"
     assert server.post("/v1/feedback", {"response_id": answer["id"], "rating": 5, "user": "ann"})[0] == 200
     assert server.post("/v1/feedback", {"response_id": answer["id"], "rating": 9})[0] == 400
     ratings = [json.loads(line) for line in (server.log_dir / "feedback.jsonl").read_text().splitlines()]
     assert ratings[-1]["response_id"] == answer["id"] and ratings[-1]["rating"] == 5
+
+
+def test_releases_are_registered_and_listed(exports, capsys):
+    assert main(["models", str(exports)]) == 0
+    shown = capsys.readouterr().out
+    assert all(word in shown for word in ("v1", "v2", "merged", "adapter", "LoRA"))
+    entries = {e["version"]: e for e in json.loads((exports / "models.json").read_text())["versions"]}
+    assert set(entries) == {"v1", "v2"} and entries["v1"]["path"] == str(exports / "v1")
+    assert entries["v1"]["data"]["fingerprint"] and "val_loss" in entries["v1"]["metrics"]
+    assert entries["v1"]["check"]["max_abs_diff"] < 1e-3 and entries["v1"]["created"]
+    # a tag names one release: giving it to another folder is refused before anything is written
+    checkpoint = str(exports / "run/checkpoints/last.ckpt")
+    assert main(["export", "--ckpt", checkpoint, "--output", str(exports / "again"), "--version", "v1"]) == 2
+    assert "version v1 is already" in capsys.readouterr().err and not (exports / "again").exists()
 
 
 @pytest.mark.parametrize("fmt", [Instruction(), Chat()], ids=["instruction", "chat"])
@@ -448,6 +465,18 @@ def test_rated_answers_become_preference_pairs_that_dpo_trains_on(server, export
     assert main([*fit, "--trainer.enable_progress_bar", "false", "--model.optim.lr", "1e-2"]) == 0
     final = json.loads((run / "run.json").read_text())["metrics"]["final"]
     assert final["val_rewards_margins"] > 0, final  # it learned from the ratings
+
+
+def test_monitor_reads_what_the_server_logged(server, exports, tmp_path, capsys):
+    """A server's logs, read by `lightning-ft monitor`: a row per version, plots, drift per version."""
+    for name in ("v1", "v2", "v3"):
+        asked = {"model": name, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2}
+        assert server.post("/v1/chat/completions", asked)[0] == 200
+    assert main(["monitor", "report", str(server.log_dir), "--output", str(tmp_path / "report")]) == 0
+    shown = capsys.readouterr().out
+    assert all(name in shown for name in ("v1", "v2", "v3")) and (tmp_path / "report/latency.png").is_file()
+    assert main(["monitor", "drift", str(server.log_dir), "--model", str(exports / "v3")]) == 0
+    assert "v3" in capsys.readouterr().out
 
 
 def test_a_request_the_model_fails_on_is_a_500_for_it_alone(exports, tmp_path):
