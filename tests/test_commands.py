@@ -10,6 +10,7 @@ from lightning_ft.commands import COMMANDS, overview
 
 # A command line that reaches each command's parser (human-eval and slurm have subcommands).
 PARSED = {name: [name] for name in COMMANDS} | {"human-eval": ["human-eval", "report"], "slurm": ["slurm", "submit"]}
+PARSED |= {"monitor": ["monitor", "report"]}
 
 
 def test_the_overview_lists_every_command(cli, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import http.client
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -265,21 +267,23 @@ def histogram_quantile(text: str, q: float, endpoint: str) -> float:
 
 
 def test_a_routed_load_is_split_by_weight_sticky_per_user_counted_and_logged(server):
-    """1,000 routed requests from 50 users, 16 at a time: all answered, shares within binomial bounds, each user on
-    one version, every request in the log and in /metrics, whose percentiles agree with the client's."""
+    """1,000 routed requests, 16 at a time, half from 50 named users and half anonymous: all answered, each user on
+    one version, shares within binomial bounds, every request in the log and in /metrics, whose percentiles agree
+    with the client's."""
     users = [f"user{i}" for i in range(50)]
+    connections = threading.local()  # one kept-alive connection per client thread, as a real client pools them
 
-    def ask(i: int):
-        body = {"model": "auto", "prompt": QUESTION, "max_tokens": 2, "user": users[i % 50]}
+    def ask(i: int) -> tuple:
+        user = users[(i // 2) % 50] if i % 2 else None
+        body = json.dumps({"model": "auto", "prompt": QUESTION, "max_tokens": 2, "user": user})
+        if not hasattr(connections, "http"):
+            connections.http = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         started = time.perf_counter()
-        status, headers, answer = server.post("/v1/completions", body)
-        return (
-            status,
-            headers.get("x-lightning-ft-version"),
-            answer.get("model"),
-            users[i % 50],
-            time.perf_counter() - started,
-        )
+        connections.http.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        response = connections.http.getresponse()
+        answer = json.loads(response.read())
+        took = time.perf_counter() - started
+        return response.status, response.getheader("x-lightning-ft-version"), answer.get("model"), user, took
 
     log = server.log_dir / "requests.jsonl"
     before = len(log.read_text().splitlines()) if log.is_file() else 0
@@ -289,26 +293,28 @@ def test_a_routed_load_is_split_by_weight_sticky_per_user_counted_and_logged(ser
     assert all(header == model for _, header, model, *_ in results)
     versions_of = {}
     for _, _, model, user, _ in results:
-        versions_of.setdefault(user, set()).add(model)
-    assert all(len(v) == 1 for v in versions_of.values()), versions_of
-    # Sticky: shares are by user (50 draws), each user 20 requests. Binomial bounds on the users' split, 99.9%.
-    v2_users = sum(v == {"v2"} for v in versions_of.values())
-    assert 50 * 0.2 - 3.3 * math.sqrt(50 * 0.2 * 0.8) <= v2_users <= 50 * 0.2 + 3.3 * math.sqrt(50 * 0.2 * 0.8)
+        if user:
+            versions_of.setdefault(user, set()).add(model)
+    assert len(versions_of) == 50 and all(len(v) == 1 for v in versions_of.values()), versions_of
+
+    def within(hits: int, n: int, p: float = 0.2) -> bool:  # binomial, +-3.3 sd: 99.9%
+        return abs(hits - n * p) <= 3.3 * math.sqrt(n * p * (1 - p))
+
+    anonymous = [model for _, _, model, user, _ in results if user is None]
+    assert within(anonymous.count("v2"), len(anonymous)), anonymous.count("v2")
+    assert within(sum(v == {"v2"} for v in versions_of.values()), 50)  # a user is one draw, whatever they ask
 
     logged = [json.loads(line) for line in log.read_text().splitlines()[before:]]
     assert len(logged) == 1000 and all(r["status"] == 200 and r["latency_s"] > 0 for r in logged)
     metrics = server.get("/metrics")
     latencies = sorted(r[-1] for r in results)
+    bounds = [*LATENCY_BUCKETS, math.inf]
     for q in (0.5, 0.95, 0.99):
         # client and server time the same requests; the server's histogram bounds its quantile to a bucket
         client_side = latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-        bounds = [b for b in LATENCY_BUCKETS] + [math.inf]
         served = histogram_quantile(metrics, q, "completions")
-        assert abs(bounds.index(served) - next(i for i, b in enumerate(bounds) if client_side <= b)) <= 1, (
-            q,
-            served,
-            client_side,
-        )
+        client_bucket = next(i for i, bound in enumerate(bounds) if client_side <= bound)
+        assert abs(bounds.index(served) - client_bucket) <= 1, (q, served, client_side)
 
 
 def test_the_route_changes_while_serving(server):
@@ -534,7 +540,8 @@ def in_process(versions: list, folder: Path):
 
     names = [version.name for version in versions]
     router = Router(folder / "route.json", names, {names[0]: 1.0})
-    spec = OpenAICompatible(versions, router, RequestLog(folder / "logs"), dict.fromkeys(names, 512), DriftWatch({}))
+    drift = DriftWatch({version.name: version.profile for version in versions}, window=3, every=1)
+    spec = OpenAICompatible(versions, router, RequestLog(folder / "logs"), dict.fromkeys(names, 512), drift)
     worker = Generation(spec, versions, max_batch_size=8, batch_timeout=0.0)
     worker.setup("cpu")
 
@@ -552,7 +559,7 @@ def in_process(versions: list, folder: Path):
     app = FastAPI()
     for path, endpoint, methods in spec.endpoints:
         app.add_api_route(path, endpoint, methods=methods)
-    return TestClient(app)
+    return TestClient(app), drift
 
 
 def test_a_served_classifier_answers_the_label_probabilities_its_model_gives(tiny_model, data_dir, exports):
@@ -565,7 +572,7 @@ def test_a_served_classifier_answers_the_label_probabilities_its_model_gives(tin
     files = data_dir / "cls_train.jsonl", data_dir / "cls_val.jsonl"
     checkpoint = short_fit(tiny_model, exports / "cls_run", *files, *classify)
     assert main(["export", "--ckpt", checkpoint, "--output", str(exports / "cls"), "--merge"]) == 0
-    client = in_process([read_version("c1", exports / "cls")], exports / "cls_served")
+    client, drift = in_process([read_version("c1", exports / "cls")], exports / "cls_served")
     model = AutoModelForSequenceClassification.from_pretrained(exports / "cls").eval()
     tokenizer = AutoTokenizer.from_pretrained(exports / "cls")
     for text in ["good great nice cat", "bad awful poor dog", " good  great nice red "]:
@@ -579,6 +586,10 @@ def test_a_served_classifier_answers_the_label_probabilities_its_model_gives(tin
     assert client.post("/v1/chat/completions", json=chat).status_code == 400
     logged = [json.loads(line) for line in (exports / "cls_served/logs/requests.jsonl").read_text().splitlines()]
     assert [r["endpoint"] for r in logged] == ["classify"] * 3 and set(logged[0]["output"]) == {"neg", "pos"}
+    # the export's profile holds the training labels' shares, and the answers' labels are watched against them
+    shares = drift.monitors["c1"].profile["label_shares"]
+    assert set(shares) == {"neg", "pos"} and sum(shares.values()) == pytest.approx(1) and min(shares.values()) > 0.3
+    assert "label_psi" in drift.monitors["c1"].scores()
 
 
 def test_sigterm_finishes_the_requests_in_flight_then_stops(server):

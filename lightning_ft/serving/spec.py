@@ -224,7 +224,6 @@ class OpenAICompatible(LitSpec):
                 "context_length_exceeded",
             )
         sampling["max_tokens"] = min(sampling["max_tokens"], context - len(prompt_ids))
-        self.drift.observe(name, prompt_ids, self.log)
         options = body.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         prefix = {"chat.completions": "chatcmpl", "completions": "cmpl", "classify": "clf"}[endpoint]
@@ -320,6 +319,8 @@ class OpenAICompatible(LitSpec):
             metrics.FIRST_TOKEN.labels(job.version).observe(ttft)
         if self.known_ids is not None:
             self.known_ids.add(job.id)
+        label = max(job.scores, key=job.scores.get) if job.scores else None  # a classifier's: label drift too
+        self.drift.observe(job.version, job.prompt_ids, self.log, label)
         confidence = sum(job.logprobs) / len(job.logprobs) if job.logprobs else None
         if job.scores:  # a classifier's: the log-probability of the label it gave
             confidence = math.log(max(max(job.scores.values()), 1e-45))

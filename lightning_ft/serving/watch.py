@@ -25,11 +25,11 @@ class DriftWatch:
         self.seen: Counter = Counter()
         self.alerting: dict[str, set[str]] = {name: set() for name in self.monitors}
 
-    def observe(self, version: str, prompt_ids: list[int], log: RequestLog) -> None:
+    def observe(self, version: str, prompt_ids: list[int], log: RequestLog, label: str | None = None) -> None:
         monitor = self.monitors.get(version)
         if monitor is None:
             return
-        monitor.observe(prompt_ids)
+        monitor.observe(prompt_ids, label)
         self.seen[version] += 1
         if self.seen[version] % self.every or len(monitor) < self.minimum:
             return
