@@ -609,3 +609,50 @@ def test_sigterm_finishes_the_requests_in_flight_then_stops(server):
     logged = [json.loads(line) for line in log.read_text().splitlines()[before:]]
     assert len(logged) == 4  # every answered request is in the log
     assert any(r["latency_s"] > 0.3 for r in logged)  # some were still decoding when the signal came
+
+
+def test_requests_take_free_slots_in_the_order_they_came():
+    """LitServe's own prefill lets a new arrival overtake the requests waiting for a slot (serving/api.py's Loop)."""
+    import asyncio
+    from queue import Queue
+
+    from lightning_ft.serving.api import Loop
+
+    class Slots:  # the worker's side of admission: two slots, freed by the test
+        def __init__(self):
+            self.admitted, self.busy = [], 0
+
+        def has_capacity(self):
+            return self.busy < 2
+
+        def add_request(self, uid, request):
+            self.admitted.append(uid)
+            self.busy += 1
+
+    class Transport:
+        def send(self, *args, **kwargs):
+            pass
+
+    loop, slots, queue = Loop(), Slots(), Queue()
+    loop.put_response = lambda *args, **kwargs: None
+    for uid in "abc":
+        queue.put((0, uid, time.monotonic(), {}))
+
+    async def prefill(pending):
+        return await loop.prefill(pending, slots, None, queue, Transport())
+
+    pending = []
+    for _ in range(4):  # a and b take the two slots, c waits
+        pending = asyncio.run(prefill(pending))
+    assert slots.admitted == ["a", "b"] and [uid for _, uid, _ in pending] == ["c"]
+    started = time.perf_counter()
+    pending = asyncio.run(prefill(pending))  # full, nothing queued: returns at once (LitServe's waits a second)
+    assert time.perf_counter() - started < 0.5
+    slots.busy -= 1  # a finishes while d arrives: c takes the slot, d waits
+    queue.put((0, "d", time.monotonic(), {}))
+    pending = asyncio.run(prefill(pending))
+    assert slots.admitted == ["a", "b", "c"]
+    pending = asyncio.run(prefill(pending))
+    slots.busy -= 1
+    asyncio.run(prefill(pending))
+    assert slots.admitted == ["a", "b", "c", "d"]

@@ -16,7 +16,7 @@ import sys
 import litserve as ls
 import torch
 from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
-from litserve.utils import LitAPIStatus
+from litserve.utils import LitAPIStatus, LoopResponseType
 
 from lightning_ft.serving import metrics
 from lightning_ft.serving.classify import Classifier, Scores
@@ -26,8 +26,29 @@ from lightning_ft.serving.versions import Version, load_versions, stop_token_ids
 
 
 class Loop(ContinuousBatchingLoop):
-    """LitServe's loop calls `run` again at once when there is nothing to do: idle, that would keep a core busy.
-    When work arrives at an idle server, it waits `batch_timeout` for requests sent with it to share the prefill."""
+    """LitServe's continuous-batching loop with three changes.
+
+    - `run`: LitServe calls it again at once when there is nothing to do, which idle would keep a core busy; and when
+      work arrives at an idle server, it waits `batch_timeout` for requests sent with it to share their prefill.
+    - `prefill`: LitServe's admits a new arrival into a free slot ahead of the requests already waiting, and waits up
+      to a second for arrivals while requests wait for a slot (measured at 32 clients on 8 slots: p95 6.8 s against
+      p50 0.8 s): here requests take the free slots strictly in order of arrival, and nothing blocks while any wait.
+    """
+
+    async def prefill(self, pending, lit_api, lit_spec, request_queue, transport, *args, **kwargs):
+        while pending and self.has_capacity(lit_api):
+            response_queue_id, uid, request = pending.pop(0)
+            self.response_queue_ids[uid] = response_queue_id
+            self.add_request(uid, request, lit_api, lit_spec, transport)
+        if pending:  # no slot free: the queue keeps later arrivals in order
+            await asyncio.sleep(0.002)
+            return pending
+        arrived = await asyncio.to_thread(self.get_request, request_queue, timeout=1, block=True)
+        if arrived is not None:
+            response_queue_id, uid, _, request = arrived
+            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.STREAMING)
+            pending.append((response_queue_id, uid, request))
+        return pending
 
     async def run(self, lit_api, *args, **kwargs):
         if not lit_api.has_active_requests():
