@@ -64,7 +64,8 @@ def explain(err: BaseException, argv: list[str] = ()) -> str:
 def help_command(argv: list[str]) -> str:
     """The command (and its subcommand, as in `human-eval report`) whose --help lists the options of argv."""
     words = [argv[0]]
-    if len(argv) > 1 and re.fullmatch(r"[a-z-]+", argv[1]) and argv[0] in ("human-eval", "slurm", "monitor", "data"):
+    with_subcommands = ("human-eval", "slurm", "monitor", "data")  # data: `data from-feedback`
+    if len(argv) > 1 and re.fullmatch(r"[a-z][a-z-]*", argv[1]) and argv[0] in with_subcommands:
         words.append(argv[1])
     return " ".join(words)
 

@@ -2,8 +2,8 @@
 
 Requests arrive already checked and tokenized (spec.py); each version has an Engine (engine.py) that decodes all
 of its requests together, one token per step, rows joining and leaving between steps (a classifier's, classify.py,
-scores its queue in one forward per step). What a step gives goes back
-to the HTTP process piece by piece: text, the token's log-prob, and the finish reason at the end.
+scores its queue in one forward per step). What a step gives goes back to the HTTP process piece by piece: text,
+the token's log-prob, and the finish reason at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lightning_ft.serving.versions import Version, load_versions, stop_token_ids
 
 
 class Loop(ContinuousBatchingLoop):
-    """LitServe's continuous-batching loop with three changes.
+    """LitServe's continuous-batching loop with two changes.
 
     - `run`: LitServe calls it again at once when there is nothing to do, which idle would keep a core busy; and when
       work arrives at an idle server, it waits `batch_timeout` for requests sent with it to share their prefill.
@@ -74,8 +74,7 @@ class Generation(ls.LitAPI):
             max_batch_size=max_batch_size, batch_timeout=batch_timeout, stream=True, spec=spec, loop=Loop()
         )
         self.versions = versions
-        self.engines: dict[str, Engine] = {}
-        self.version_of: dict[str, str] = {}  # request uid -> version
+        self.engines: dict[str, Engine | Classifier] = {}
 
     def setup(self, device) -> None:
         end_with_the_server()
@@ -93,7 +92,6 @@ class Generation(ls.LitAPI):
             self.engines[version.name] = engine
 
     def add_request(self, uid: str, request: dict) -> None:
-        self.version_of[uid] = request["version"]
         sampling = Sampling(**request["sampling"]) if request["sampling"].get("max_tokens") else None  # None: classify
         self.engines[request["version"]].add(uid, request["prompt_ids"], sampling)
 
@@ -124,7 +122,6 @@ class Generation(ls.LitAPI):
                 outputs.append(Output(token.uid, piece, LitAPIStatus.OK))
                 if token.finish_reason is not None:
                     outputs.append(Output(token.uid, "", LitAPIStatus.FINISH_STREAMING))
-                    self.version_of.pop(token.uid, None)
         return outputs
 
     def encode_response(self, output):
