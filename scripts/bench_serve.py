@@ -48,7 +48,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_llama
+from tiny_model import build_instruction_llama
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/alpaca_gpt4_en_demo/alpaca_en_demo.json"
 VERSION = "bench"
@@ -65,18 +65,14 @@ def lightning_ft(*args: str, log: Path) -> None:
 
 def prepare(args: argparse.Namespace, workdir: Path) -> dict:
     """The model (built, fine-tuned, exported merged) and the prompts, in workdir."""
-    from lightning_ft.data.formats import Instruction
     from lightning_ft.data.sources import read_records
 
     records = [record for _, record in read_records(str(args.data), "--data")]
     train, held_out = records[: args.train_records], records[args.train_records :]
     train_path = workdir / "train.jsonl"
     train_path.write_text("".join(json.dumps(r) + "\n" for r in train))
-    texts = [Instruction().template, *(v for r in train for v in r.values() if isinstance(v, str) and v)]
-    base = build_tiny_llama(
-        workdir / "base", texts, hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
-        vocab_size=args.vocab,
-    )  # fmt: skip
+    sizes = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "vocab_size": args.vocab}
+    base = build_instruction_llama(workdir / "base", train, **sizes)
     fit = ["fit", "--model.model_name_or_path", str(base), "--model.method", "LoRA", "--data.format", "instruction"]
     fit += ["--data.train_path", str(train_path), "--trainer.default_root_dir", str(workdir / "run")]
     fit += ["--trainer.max_steps", str(args.fit_steps), "--trainer.accelerator", "cpu", "--trainer.devices", "1"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput_contenders import ABLATIONS, CONTENDERS, Workload, run
-from tiny_model import build_tiny_llama
+from tiny_model import build_instruction_llama
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/alpaca_gpt4_en_demo/alpaca_en_demo.json"
 
@@ -32,18 +32,13 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/alpaca_gpt
 def prepare(args: argparse.Namespace, workdir: Path) -> Workload:
     """Records, tokenizer + model, and the tokenized examples, all in workdir."""
     from lightning_ft.data import FineTuneDataModule
-    from lightning_ft.data.formats import Instruction
     from lightning_ft.data.sources import read_records
 
     records = [record for _, record in read_records(str(args.data), "--data")][: args.records]
     train_path = workdir / "train.jsonl"
     train_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    # the tokenizer learns the prompt template too: it is part of every example the model reads
-    texts = [Instruction().template, *(v for r in records for v in r.values() if isinstance(v, str) and v)]
-    model_dir = build_tiny_llama(
-        workdir / "model", texts, hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
-        vocab_size=args.vocab,
-    )  # fmt: skip
+    sizes = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "vocab_size": args.vocab}
+    model_dir = build_instruction_llama(workdir / "model", records, **sizes)
     data = FineTuneDataModule(
         "instruction", str(train_path), tokenizer=str(model_dir), max_length=args.max_length,
         cache_dir=str(workdir / "cache"),

@@ -69,6 +69,15 @@ def build_tiny_llama(
     return out_dir
 
 
+def build_instruction_llama(out_dir: str | Path, records: list[dict], **sizes) -> Path:
+    """A tiny Llama for instruction records: its tokenizer learns the prompt template too (it is part of every
+    example the model reads) and every text of the records; `sizes` as build_tiny_llama's (kv_heads = heads)."""
+    from lightning_ft.data.formats import Instruction
+
+    texts = [Instruction().template, *(v for r in records for v in r.values() if isinstance(v, str) and v)]
+    return build_tiny_llama(out_dir, texts, kv_heads=sizes.get("heads", 4), **sizes)
+
+
 def texts_of(path: Path) -> list[str]:
     """Every string value of every record of a data file in any format `--data.train_path` reads."""
     from lightning_ft.data.sources import read_records
