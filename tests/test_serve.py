@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import http.client
 import json
@@ -30,6 +31,7 @@ from lightning_ft.data.formats import Chat, EncodeContext, Instruction
 from lightning_ft.data.quality import QualityRules
 from lightning_ft.data.served import TrainedPrompts, prompt_settings
 from lightning_ft.serving.metrics import LATENCY_BUCKETS
+from lightning_ft.serving.versions import read_version
 
 QUESTION = "Reverse the words."
 
@@ -253,17 +255,25 @@ def test_bad_requests_are_4xx_with_a_clear_message_and_the_server_keeps_serving(
         assert server.post("/v1/chat/completions", good)[0] == 200, (path, body)
 
 
-def histogram_quantile(text: str, q: float, endpoint: str) -> float:
-    """The bucket bound a quantile falls under (all versions), read from /metrics as Prometheus' histogram_quantile
-    bounds it."""
+def latency_buckets(server, endpoint: str) -> dict[float, float]:
+    """The cumulative latency histogram of an endpoint in /metrics (all versions): {bucket bound: requests}."""
     counts: dict[float, float] = {}
-    for line in text.splitlines():
+    for line in server.get("/metrics").splitlines():
         if line.startswith("lightning_ft_request_latency_seconds_bucket{") and f'endpoint="{endpoint}"' in line:
             bound = line.split('le="')[1].split('"')[0]
             bound = math.inf if bound == "+Inf" else float(bound)
             counts[bound] = counts.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-    total = counts[math.inf]
-    return next(bound for bound, count in sorted(counts.items()) if count >= q * total)
+    return counts
+
+
+def histogram_quantile(counts: dict[float, float], q: float) -> float:
+    """The bucket bound a quantile falls under, as Prometheus' histogram_quantile bounds it."""
+    return next(bound for bound, count in sorted(counts.items()) if count >= q * counts[math.inf])
+
+
+def since(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
+    """The histogram of the requests between two scrapes."""
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
 
 
 def test_a_routed_load_is_split_by_weight_sticky_per_user_counted_and_logged(server):
@@ -287,6 +297,7 @@ def test_a_routed_load_is_split_by_weight_sticky_per_user_counted_and_logged(ser
 
     log = server.log_dir / "requests.jsonl"
     before = len(log.read_text().splitlines()) if log.is_file() else 0
+    histogram_before = latency_buckets(server, "completions")
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(ask, range(1000)))
     assert all(status == 200 for status, *_ in results)
@@ -306,15 +317,73 @@ def test_a_routed_load_is_split_by_weight_sticky_per_user_counted_and_logged(ser
 
     logged = [json.loads(line) for line in log.read_text().splitlines()[before:]]
     assert len(logged) == 1000 and all(r["status"] == 200 and r["latency_s"] > 0 for r in logged)
-    metrics = server.get("/metrics")
+    histogram = since(histogram_before, latency_buckets(server, "completions"))
+    assert histogram[math.inf] == 1000
     latencies = sorted(r[-1] for r in results)
     bounds = [*LATENCY_BUCKETS, math.inf]
     for q in (0.5, 0.95, 0.99):
         # client and server time the same requests; the server's histogram bounds its quantile to a bucket
         client_side = latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-        served = histogram_quantile(metrics, q, "completions")
+        served = histogram_quantile(histogram, q)
         client_bucket = next(i for i, bound in enumerate(bounds) if client_side <= bound)
         assert abs(bounds.index(served) - client_bucket) <= 1, (q, served, client_side)
+
+
+def test_the_server_times_a_request_from_its_first_byte_to_its_last(server):
+    """A client that sends its body slowly waits for it; so does the server's clock (it used to start in the handler,
+    after the body was read: a client's 0.8 s was 0.06 s in /metrics and the log)."""
+    body = json.dumps({"model": "v1", "prompt": QUESTION, "max_tokens": 2}).encode()
+    head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    before = latency_buckets(server, "completions")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
+        started = time.perf_counter()
+        connection.sendall(head.encode())
+        time.sleep(0.8)
+        connection.sendall(body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        took = time.perf_counter() - started
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    response_id = json.loads(answer.split(b"\r\n\r\n", 1)[1])["id"]
+    logged = [json.loads(line) for line in (server.log_dir / "requests.jsonl").read_text().splitlines()]
+    assert 0.8 <= next(r["latency_s"] for r in logged if r["id"] == response_id) <= took
+    histogram = since(before, latency_buckets(server, "completions"))
+    client_bucket = next(bound for bound in sorted(histogram) if bound >= took)
+    assert histogram[math.inf] == 1 and histogram[0.75] == 0 and histogram[client_bucket] == 1  # the client's bucket
+
+
+def test_writing_the_log_holds_up_no_other_request(exports, tmp_path):
+    """A request whose log line is slow to write (a busy disk) waits for it; meanwhile the server answers others
+    (logging used to run on the event loop and stopped every request for its length)."""
+    import httpx
+
+    version = read_version("v1", exports / "v1")
+    client, _ = in_process([version], tmp_path)
+    spec, log_request = client.app.spec, client.app.spec.log.request
+
+    def slow_disk(entry):
+        time.sleep(1.0)
+        log_request(entry)
+
+    spec.log.request = slow_disk
+
+    async def both() -> tuple[float, float]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            started = time.perf_counter()
+            body = {"model": "v1", "prompt": QUESTION, "max_tokens": 2}
+            slow = asyncio.create_task(http.post("/v1/completions", json=body))
+            await asyncio.sleep(0.2)  # the slow one is writing its line by now
+            assert (await http.get("/v1/models")).status_code == 200
+            other = time.perf_counter() - started
+            assert (await slow).status_code == 200
+            return other, time.perf_counter() - started
+
+    other, slow = asyncio.run(both())
+    assert slow >= 1.0 and other < 0.8, (other, slow)
+    assert len((tmp_path / "logs/requests.jsonl").read_text().splitlines()) == 1  # written before it was answered
 
 
 def test_the_route_changes_while_serving(server):
@@ -559,6 +628,7 @@ def in_process(versions: list, folder: Path):
     app = FastAPI()
     for path, endpoint, methods in spec.endpoints:
         app.add_api_route(path, endpoint, methods=methods)
+    app.spec = spec
     return TestClient(app), drift
 
 

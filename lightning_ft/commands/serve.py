@@ -91,6 +91,7 @@ def main(argv: list[str]) -> None:
 
     from lightning_ft.loading import context_length
     from lightning_ft.serving.api import Generation
+    from lightning_ft.serving.metrics import RequestTiming
     from lightning_ft.serving.requestlog import RequestLog
     from lightning_ft.serving.routing import Router, parse_route
     from lightning_ft.serving.spec import OpenAICompatible
@@ -115,7 +116,12 @@ def main(argv: list[str]) -> None:
     spec = OpenAICompatible(versions, router, RequestLog(log_dir, redact=args.redact), context, drift)
     api = Generation(spec, versions, args.max_batch_size, args.batch_timeout)
     server = ls.LitServer(
-        api, accelerator=args.device, devices=1, workers_per_device=args.workers, timeout=args.timeout
+        api,
+        accelerator=args.device,
+        devices=1,
+        workers_per_device=args.workers,
+        timeout=args.timeout,
+        middlewares=[RequestTiming],
     )
     shares = ", ".join(f"{name} {share:.0%}" for name, share in router.weights.items())
     print(f"serving {', '.join(names)} on http://{args.host}:{args.port}/v1 (route: {shares}); logs in {log_dir}")

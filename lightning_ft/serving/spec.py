@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request, Response
@@ -56,7 +57,7 @@ class Job:
     stream: bool
     user: str | None
     include_usage: bool = False
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)  # when the server first saw the request
     first_token: float | None = None
     last_token: float | None = None
     text: list[str] = field(default_factory=list)
@@ -80,6 +81,7 @@ class OpenAICompatible(LitSpec):
         self.versions = {version.name: version for version in versions}
         self.router, self.log, self.context, self.drift = router, log, context, drift
         self.known_ids: set[str] | None = None  # response ids feedback may name (read from the log on first use)
+        self._recorder: ThreadPoolExecutor | None = None
 
     @property
     def stream(self) -> bool:
@@ -128,7 +130,7 @@ class OpenAICompatible(LitSpec):
                     400, "feedback needs 'response_id', the id of a response this server gave", "response_id"
                 )
             if self.known_ids is None:
-                self.known_ids = self.log.served_ids()
+                self.known_ids = await asyncio.get_running_loop().run_in_executor(self.recorder, self.log.served_ids)
             if response_id not in self.known_ids:
                 raise ApiError(404, f"no response '{response_id}' was served here", "response_id")
             rating = read_rating(body.get("rating"))
@@ -138,7 +140,8 @@ class OpenAICompatible(LitSpec):
             user = optional_text(body, "user")
         except ApiError as err:
             return err.response()
-        self.log.feedback({"response_id": response_id, "rating": rating, "user": user, "comment": comment})
+        entry = {"response_id": response_id, "rating": rating, "user": user, "comment": comment}
+        await asyncio.get_running_loop().run_in_executor(self.recorder, self.log.feedback, entry)
         return JSONResponse({"recorded": True, "response_id": response_id})
 
     async def route(self, request: Request) -> Response:
@@ -165,10 +168,11 @@ class OpenAICompatible(LitSpec):
 
     async def answer(self, request: Request, endpoint: str) -> Response:
         try:
-            job = self.job(await json_body(request), endpoint)
+            job = self.job(await json_body(request), endpoint, metrics.arrival(request.scope))
         except ApiError as err:
             metrics.REQUESTS.labels("none", endpoint, str(err.status)).inc()
             return err.response()
+        request.scope.setdefault("state", {})[metrics.ANSWERED] = (job.version, job.endpoint)  # RequestTiming's
         pieces = self.submit(job)
         if job.stream:
             headers = {VERSION_HEADER: job.version}
@@ -177,12 +181,12 @@ class OpenAICompatible(LitSpec):
             async for _ in self.collect(job, pieces):
                 pass
         except ApiError as err:
-            self.done(job, err.status, err.message)
+            await self.done(job, err.status, err.message)
             return err.response()
-        self.done(job, 200)
+        await self.done(job, 200)
         return JSONResponse(self.whole(job), headers={VERSION_HEADER: job.version})
 
-    def job(self, body: dict, endpoint: str) -> Job:
+    def job(self, body: dict, endpoint: str, started: float) -> Job:
         """The request checked field by field, its version chosen and its prompt rendered."""
         user = optional_text(body, "user")
         name = body.get("model") or ""
@@ -224,7 +228,7 @@ class OpenAICompatible(LitSpec):
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         prefix = {"chat.completions": "chatcmpl", "completions": "cmpl", "classify": "clf"}[endpoint]
         uid = f"{prefix}-{uuid.uuid4().hex[:24]}"
-        return Job(uid, endpoint, name, request, prompt_ids, sampling, bool(body.get("stream")), user, usage)
+        return Job(uid, endpoint, name, request, prompt_ids, sampling, bool(body.get("stream")), user, usage, started)
 
     def submit(self, job: Job):
         """Queue the job for the inference worker; the pieces it sends back, as (data, status)."""
@@ -269,9 +273,9 @@ class OpenAICompatible(LitSpec):
             yield event(self.chunk(job, "", job.finish_reason or "stop"))
             if job.include_usage:
                 yield event({**self.chunk(job, "", None), "choices": [], "usage": job.usage()})
-            self.done(job, 200)
+            await self.done(job, 200)
         except ApiError as err:
-            self.done(job, err.status, err.message)
+            await self.done(job, err.status, err.message)
             yield event({"error": {"message": err.message, "type": "server_error", "param": None, "code": err.code}})
         yield "data: [DONE]\n\n"
 
@@ -303,11 +307,10 @@ class OpenAICompatible(LitSpec):
         }
         return head | {"object": "chat.completion", "choices": [choice]}
 
-    def done(self, job: Job, status: int, error: str | None = None) -> None:
-        """Count, time and log the finished request (before its last byte is sent)."""
-        latency = time.perf_counter() - job.started
+    async def done(self, job: Job, status: int, error: str | None = None) -> None:
+        """Count the finished request, then log it before its last byte is sent: in the recorder's thread, so that
+        a slow disk or a drift score holds up this request alone, not the event loop every other one waits on."""
         metrics.REQUESTS.labels(job.version, job.endpoint, str(status)).inc()
-        metrics.LATENCY.labels(job.version, job.endpoint).observe(latency)
         metrics.PROMPT_TOKENS.labels(job.version).inc(len(job.prompt_ids))
         metrics.OUTPUT_TOKENS.labels(job.version).inc(len(job.logprobs))
         ttft = None if job.first_token is None else job.first_token - job.started
@@ -315,6 +318,20 @@ class OpenAICompatible(LitSpec):
             metrics.FIRST_TOKEN.labels(job.version).observe(ttft)
         if self.known_ids is not None:
             self.known_ids.add(job.id)
+        latency = time.perf_counter() - job.started
+        await asyncio.get_running_loop().run_in_executor(self.recorder, self.record, job, status, error, latency, ttft)
+
+    @property
+    def recorder(self) -> ThreadPoolExecutor:
+        """One thread, so log lines keep their order and drift windows see one request at a time."""
+        if self._recorder is None:
+            self._recorder = ThreadPoolExecutor(1, thread_name_prefix="lightning-ft-log")
+        return self._recorder
+
+    def __getstate__(self) -> dict:  # LitServe pickles the spec into its HTTP process; a thread pool does not travel
+        return {**super().__getstate__(), "_recorder": None}
+
+    def record(self, job: Job, status: int, error: str | None, latency: float, ttft: float | None) -> None:
         label = max(job.scores, key=job.scores.get) if job.scores else None  # a classifier's: label drift too
         self.drift.observe(job.version, job.prompt_ids, self.log, label)
         confidence = sum(job.logprobs) / len(job.logprobs) if job.logprobs else None
