@@ -116,6 +116,24 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(cli, 
     assert_same_run(tmp_path / "straight", tmp_path / "run", before + recorded(second), tmp_path / "straight.jsonl")
 
 
+@pytest.mark.parametrize("stop_at", [12, 13])
+def test_a_run_stopped_at_the_end_of_a_pass_resumes_with_gradient_accumulation(cli, fit_args, tmp_path, stop_at):
+    """32 examples, batch 4, accumulation 4: 2 steps a pass. Stopped by max_steps at step 12 (the pass's last batch)
+    and resumed to 16, Lightning restarted its finished epoch and stepped on one extra batch: every later step took
+    the wrong batches. Stopped at 13 (mid-pass) it resumed right. Both equal the uninterrupted run now."""
+    accumulate = [*BATCHING["pad"], "--trainer.accumulate_grad_batches", "4"]
+    accumulate += ["--model.optim.scheduler", "constant"]  # a cosine would decay to each run's own max_steps
+
+    def args(run: str, log: Path, steps: int) -> list[str]:
+        return recording(fit_args(*COMMON, *accumulate, "--trainer.max_steps", str(steps), run_dir=tmp_path / run), log)
+
+    assert cli(args("straight", tmp_path / "straight.jsonl", 16)) == 0
+    assert cli(args("run", tmp_path / "first.jsonl", stop_at)) == 0
+    assert cli(args("run", tmp_path / "resumed.jsonl", 16)) == 0
+    log = recorded(tmp_path / "first.jsonl") + recorded(tmp_path / "resumed.jsonl")
+    assert_same_run(tmp_path / "straight", tmp_path / "run", log, tmp_path / "straight.jsonl")
+
+
 class Crash(BaseException):
     """A crash that no `except Exception` catches, as a kill would not be."""
 

@@ -56,6 +56,7 @@ class StepBatchSampler(Sampler):
         self.batch_size, self.accumulate, self.world_size, self.rank = batch_size, accumulate, world_size, rank
         self.seed = seed
         self.taken = taken
+        self.limit: int | None = None  # the most batches the next iteration yields (then no limit)
         self.order = order or (lambda generator: torch.randperm(len(self.terms), generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -64,7 +65,8 @@ class StepBatchSampler(Sampler):
     def __iter__(self):
         """The rest of the current pass (all of the next one at a pass boundary)."""
         passes, skip = divmod(self.taken, len(self))
-        yield from self.pass_batches(passes)[skip:]
+        limit, self.limit = self.limit, None
+        yield from self.pass_batches(passes)[skip:][:limit]
 
     def taken_in_this_split(self, taken: int, world_size: int, batch_size: int) -> int:
         """`taken` batches of a run split into `world_size` processes x `batch_size`, in batches of this split: the
@@ -91,7 +93,26 @@ class StepBatchSampler(Sampler):
 
 class ResumableLoader(DataLoader):
     """A DataLoader over a StepBatchSampler whose position Lightning saves in checkpoints and restores before
-    iterating (its `state_dict` protocol for stateful loaders): a resumed run continues mid-pass."""
+    iterating (its `state_dict` protocol for stateful loaders): a resumed run continues mid-pass.
+
+    `epoch_position`: how many batches Lightning counts as done in its current epoch. Lightning resumes its epoch at
+    that count, and after a save at an epoch's last batch (max_steps reached there) the count is the whole epoch:
+    Lightning then fetches one more batch, steps the optimizer on it as the epoch's last, and every later step of
+    the run is shifted by a batch (seen with gradient accumulation 4: a step of 1 batch, then steps across passes).
+    So the first iteration after a restore yields only what Lightning's epoch has left; the stream goes on in the
+    next.
+    """
+
+    def __init__(self, *args, epoch_position: Callable[[], int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch_position = epoch_position
+        self._restored = False
+
+    def __iter__(self):
+        if self._restored and self.epoch_position is not None:
+            self.batch_sampler.limit = max(0, len(self.batch_sampler) - self.epoch_position())
+        self._restored = False
+        return super().__iter__()
 
     def state_dict(self) -> dict:
         sampler = self.batch_sampler
@@ -101,6 +122,7 @@ class ResumableLoader(DataLoader):
         sampler = self.batch_sampler
         split = state.get("split", [sampler.world_size, sampler.batch_size])
         sampler.taken = sampler.taken_in_this_split(state["batches_taken"], *split)
+        self._restored = True
         if split != [sampler.world_size, sampler.batch_size]:
             rank_zero_warn(
                 f"resuming with {sampler.world_size} process(es) x batch {sampler.batch_size}, saved with {split[0]} x "

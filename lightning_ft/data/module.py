@@ -286,6 +286,7 @@ class FineTuneDataModule(LightningDataModule):
             batch_sampler=self.train_sampler,
             num_workers=self.num_workers,
             collate_fn=self.collator(),
+            epoch_position=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.ready) if trainer else None,
         )
 
     def eval_loader(self, name: str) -> DataLoader:
