@@ -89,6 +89,7 @@ class FineTuneModule(LightningModule):
         self.resumed_rng_states = None  # from a checkpoint, applied when training (re)starts
         self.precomputed: PrecomputedReference | None = None  # reference: precomputed (set up in configure_model)
         self._last_batch_tokens = 0
+        self._step_loss: tuple[int, torch.Tensor] | None = None  # (step, this process's share of its train_loss)
         self.parameter_counts: tuple[int, int] | None = None  # (trainable, total), counted when fitting starts
         # {stage}_loss and what else the objective logs at evaluation, as exact means across processes.
         names = ("loss", *self.objective.eval_logged)
@@ -239,16 +240,26 @@ class FineTuneModule(LightningModule):
         self._last_batch_tokens = int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
         terms = self.loss(batch)
         loss, count = terms.loss, terms.count
-        self.log("train_loss", loss, prog_bar=True, batch_size=count)
         for name, value in terms.logged.items():
             self.log(f"train_{name}", value, batch_size=max(terms.weight(name), 1))
         if "step_terms" not in batch:
+            self.log("train_loss", loss, prog_bar=True, batch_size=count)
             return loss
+        share = loss.detach() * count / batch["step_terms"]
+        if self._step_loss is not None and self._step_loss[0] == self.global_step:  # an accumulated batch
+            share = share + self._step_loss[1]
+        self._step_loss = (self.global_step, share)
         # The weighted mean over the whole optimizer step (all processes, all accumulated batches): this batch's
         # summed losses over the step's loss terms. Lightning divides by the accumulation count and DDP averages
         # gradients over processes, so both factors are multiplied back in.
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / batch["step_terms"]
         return loss * count * scale
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """train_loss: the token-weighted mean over the whole optimizer step (every process, every accumulated
+        batch), the loss the step descends; the same however the global batch is split into processes and nodes."""
+        if self._step_loss is not None and self._step_loss[0] == self.global_step:
+            self.log("train_loss", self._step_loss[1], prog_bar=True, sync_dist=True, reduce_fx="sum")
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "val")

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on localhost, for tests that need sbatch/srun/scontrol (run as root; Debian 12).
-#   scripts/slurm_cluster.sh start STATE_DIR   # installs slurm+munge if absent, configures, starts, waits for the node
+# A real two-node SLURM cluster on this one machine, for tests that need sbatch/srun/scontrol (run as root; Debian 12).
+#   scripts/slurm_cluster.sh start STATE_DIR   # installs slurm+munge if absent, configures, starts, waits for the nodes
 #   scripts/slurm_cluster.sh stop STATE_DIR    # cancels its jobs, stops only the daemons it started (pid files)
 # `start` prints `export SLURM_CONF=STATE_DIR/slurm.conf` and writes the same line to STATE_DIR/env
 # (callers: `. STATE_DIR/env`, or set SLURM_CONF themselves). On failure it exits 1 with one line on stderr
 # (after the tail of the apt or daemon logs, where there is one).
+#
+# The nodes, node1 and node2, are two slurmd on 127.0.0.1 (Debian's build runs several per host, `slurmd -N NAME`),
+# each offering all the machine's cores, so a job takes one node x 2 tasks or two nodes x 1 task. Their names
+# resolve to 127.0.0.1 only inside jobs: the slurmds run in a mount namespace of their own where a copy of
+# /etc/hosts with those names is bound over the file (the machine's /etc/hosts is never touched; the namespace
+# ends with its last process). Jobs therefore see what a real cluster gives them: SLURM_NODEID 0/1, a node list
+# `node[1-2]` whose first name is the master address, and a TCP connection between the nodes' processes.
 set -euo pipefail
 die() { echo "slurm_cluster: $*" >&2; exit 1; }
 [[ $# == 2 && ($1 == start || $1 == stop) ]] || die "usage: $0 start|stop STATE_DIR"
@@ -19,7 +26,7 @@ stop_daemon() {  # name: TERM the pid we recorded, then KILL after 10 s; a pid r
   local pid
   alive "$1" || { rm -f "$STATE/$1.pid"; return 0; }
   pid=$(cat "$STATE/$1.pid")
-  [[ $(ps -o comm= -p "$pid") == "$1" ]] || { rm -f "$STATE/$1.pid"; return 0; }
+  [[ $(ps -o comm= -p "$pid") == "${1%%-*}" ]] || { rm -f "$STATE/$1.pid"; return 0; }
   kill "$pid"
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
@@ -32,21 +39,24 @@ if [[ $1 == stop ]]; then
     scancel --full $(squeue -h -o %i) 2>/dev/null || true
     for _ in $(seq 50); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.2; done
   fi
-  stop_daemon slurmd; stop_daemon slurmctld; stop_daemon munged
+  # In parallel: each takes a second or two to exit.
+  stop_daemon slurmd-node1 & stop_daemon slurmd-node2 & stop_daemon slurmctld & wait
+  stop_daemon munged
   exit 0
 fi
 
 # start
-# slurmd names each step's unix socket SlurmdSpoolDir/localhost_JOBID.STEPID, and sun_path holds 107 bytes.
-(( ${#STATE} <= 64 )) || die "STATE_DIR is too long for slurmd's socket paths (${#STATE} > 64 chars): $STATE"
+# slurmd names each step's unix socket SlurmdSpoolDir/NODE_JOBID.STEPID, and sun_path holds 107 bytes.
+(( ${#STATE} <= 56 )) || die "STATE_DIR is too long for slurmd's socket paths (${#STATE} > 56 chars): $STATE"
 mkdir -p "$STATE"
-if alive slurmctld && alive slurmd; then
+if alive slurmctld && alive slurmd-node1 && alive slurmd-node2; then
   echo "slurm_cluster: already running from $STATE" >&2
   echo "export SLURM_CONF=$CONF"; exit 0
 fi
-stop_daemon slurmd; stop_daemon slurmctld  # the survivor of a half-dead cluster would hold the ports
+# The survivors of a half-dead cluster would hold the ports.
+stop_daemon slurmd-node1; stop_daemon slurmd-node2; stop_daemon slurmctld
 # Another cluster on this machine would hold them too, and sinfo below would ask it instead of ours.
-for port in 6817 6818; do
+for port in 6817 6818 6819; do
   ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || die "port $port is in use (another slurm is running here)"
 done
 
@@ -73,8 +83,9 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   munge -n | unmunge >/dev/null 2>&1 || die "munged started but does not answer"
 fi
 
-mkdir -p "$STATE/state" "$STATE/spool"
-mem_mb=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)  # below free memory, or the node drains
+mkdir -p "$STATE/state" "$STATE/spool-node1" "$STATE/spool-node2"
+# Below free memory, or the nodes drain; each node offers 40% (both are this machine).
+mem_mb=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.4)}' /proc/meminfo)
 cat >"$CONF" <<EOF
 ClusterName=localcluster
 SlurmctldHost=localhost
@@ -92,11 +103,14 @@ JobCompType=jobcomp/none
 MpiDefault=none
 MailProg=/bin/true
 StateSaveLocation=$STATE/state
-SlurmdSpoolDir=$STATE/spool
+# %n: each node's own (two slurmd on one host).
+SlurmdSpoolDir=$STATE/spool-%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/slurmctld.log
-SlurmdLogFile=$STATE/slurmd.log
+SlurmdLogFile=$STATE/slurmd-%n.log
+# The nodes are configured as below whatever slurmd finds (both offer all of this machine's cores).
+SlurmdParameters=config_overrides
 # A node that was down (e.g. slurmd restarted) comes back by itself; batch jobs may be requeued.
 ReturnToService=2
 JobRequeue=1
@@ -107,19 +121,25 @@ KillWait=5
 AuthInfo=cred_expire=10
 # Then it waits for the main scheduler's next pass (default every 60 s; backfill skips it, nothing changed).
 SchedulerParameters=sched_interval=2
-NodeName=localhost CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+NodeName=node1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=6818 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN
+NodeName=node2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=6819 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN
+PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
 EOF
 
 # -c: start from an empty job queue, whatever a previous (perhaps killed) run left in StateSaveLocation.
 slurmctld -c -f "$CONF" || die "slurmctld failed to start (see $STATE/slurmctld.log)"
-# -N: the node is called localhost whatever the hostname is.
-slurmd -N localhost -f "$CONF" || die "slurmd failed to start (see $STATE/slurmd.log)"
+{ cat /etc/hosts; echo "127.0.0.1 node1 node2"; } >"$STATE/hosts"
+# The slurmds (and so every job step) in a mount namespace where the nodes' names resolve; -N names each node.
+unshare --mount --propagation private -- sh -ec '
+  mount --bind "$1/hosts" /etc/hosts
+  slurmd -N node1 -f "$1/slurm.conf" || { echo "slurmd node1 failed (see $1/slurmd-node1.log)" >&2; exit 1; }
+  slurmd -N node2 -f "$1/slurm.conf" || { echo "slurmd node2 failed (see $1/slurmd-node2.log)" >&2; exit 1; }
+' sh "$STATE" || die "slurmd failed to start"
 for _ in $(seq 60); do
-  [[ $(sinfo -h -n localhost -o %t 2>/dev/null) == idle ]] && break; sleep 0.5
+  [[ $(sinfo -h -o %t 2>/dev/null | sort -u) == idle ]] && break; sleep 0.5
 done
-if [[ $(sinfo -h -n localhost -o %t 2>/dev/null) != idle ]]; then
-  tail -n 20 "$STATE/slurmctld.log" "$STATE/slurmd.log" >&2 || true
-  die "node localhost not idle after 30 s: $(sinfo -h -n localhost -o '%t %E' 2>&1)"
+if [[ $(sinfo -h -o %t 2>/dev/null | sort -u) != idle ]]; then
+  tail -n 20 "$STATE"/*.log >&2 || true
+  die "nodes not idle after 30 s: $(sinfo -N -h -o '%N %t %E' 2>&1 | tr '\n' ';')"
 fi
 echo "export SLURM_CONF=$CONF" | tee "$STATE/env"

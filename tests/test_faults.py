@@ -10,11 +10,13 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import ROOT, build_tiny_llama
@@ -132,6 +134,36 @@ def test_a_run_stopped_at_the_end_of_a_pass_resumes_with_gradient_accumulation(c
     assert cli(args("run", tmp_path / "resumed.jsonl", 16)) == 0
     log = recorded(tmp_path / "first.jsonl") + recorded(tmp_path / "resumed.jsonl")
     assert_same_run(tmp_path / "straight", tmp_path / "run", log, tmp_path / "straight.jsonl")
+
+
+def test_a_silent_peer_stops_the_run_within_the_peer_timeout_naming_it(fit_args, tmp_path):
+    """A process that stops answering without closing its connections (a node losing power; here SIGSTOP) leaves
+    the others in a collective until the process group's timeout, 30 minutes: the peer watch stops them after
+    LIGHTNING_FT_PEER_TIMEOUT seconds of its silence, in one line naming it, and the run record says failed."""
+    args = fit_args("--trainer.devices", "2", "--trainer.max_steps", "100000", "--trainer.max_epochs", "-1")
+    args = [args[0], "--config", str(ROOT / "configs/strategy/ddp.yaml"), *args[1:]]
+    env = {**os.environ, "LIGHTNING_FT_PEER_TIMEOUT": "5"}
+    with (tmp_path / "fit.out").open("w") as out:
+        fit = subprocess.Popen([sys.executable, "-m", "lightning_ft", *args], stdout=out, stderr=out, env=env)
+    deadline = time.monotonic() + 240
+    while "training from step 0" not in (tmp_path / "fit.out").read_text():
+        assert fit.poll() is None and time.monotonic() < deadline, (tmp_path / "fit.out").read_text()[-3000:]
+        time.sleep(0.2)
+    peer = next(p for p in psutil.Process(fit.pid).children() if p.environ().get("LOCAL_RANK") == "1")
+    peer.suspend()
+    try:
+        silent = time.monotonic()
+        assert fit.wait(timeout=60) == 1
+        took = time.monotonic() - silent
+    finally:
+        peer.kill()
+    output = (tmp_path / "fit.out").read_text()
+    assert 4 <= took < 15, took  # silent since its last beat, up to a second before it was stopped
+    assert (
+        f"error: lost rank 1 (node 0, host {socket.gethostname()}, pid {peer.pid}): no sign of life for 5 s" in output
+    )
+    record = json.loads((tmp_path / "run/run.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("lost rank 1 (node 0"), record
 
 
 class Crash(BaseException):

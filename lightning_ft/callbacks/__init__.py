@@ -6,6 +6,7 @@ from lightning_ft.callbacks.classification import ClassificationMetrics
 from lightning_ft.callbacks.console_summary import ConsoleSummary
 from lightning_ft.callbacks.generation import GenerationMetrics
 from lightning_ft.callbacks.guard import NonFiniteLoss, StepGuard
+from lightning_ft.callbacks.peers import PeerLost, PeerWatch
 from lightning_ft.callbacks.preemption import Preempted, Preemption
 from lightning_ft.callbacks.progress import LogLines, RichProgress, progress_bar
 from lightning_ft.callbacks.run_record import RunRecord
@@ -21,6 +22,8 @@ __all__ = [
     "KeepSparsity",
     "LogLines",
     "NonFiniteLoss",
+    "PeerLost",
+    "PeerWatch",
     "Preempted",
     "Preemption",
     "RestoreBestWeights",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -16,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_ft.callbacks.checkpoint import refresh_last
 
 SIGNALS = ("SIGUSR1", "SIGTERM", "SIGINT")
+PRIORITY = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # processes signalled differently agree on the last
 
 
 class Preempted(Exception):
@@ -107,13 +109,17 @@ class Preemption(Callback):
         if trainer.global_step == self._seen_step:
             return  # inside gradient accumulation: no consistent state to save
         self._seen_step = trainer.global_step
-        # Every process takes part, every step: a signal may reach the processes at different steps.
-        if not trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
+        # Every process takes part, every step: a signal may reach the processes at different steps, or one process
+        # alone (one node's, from its slurmd). All learn the signal: SIGUSR1 anywhere means requeue the job.
+        mine = PRIORITY.index(self.requested) if self.requested in PRIORITY else -1
+        agreed = int(trainer.strategy.reduce(torch.tensor(mine, device=pl_module.device), reduce_op="max"))
+        if agreed < 0:
             return
+        signum = PRIORITY[agreed]
         self.stopping = True  # e.g. SLURM's SIGTERM right after the requeue must not cut the run short now
         path = save_now(trainer)
-        requeued = requeue_slurm_job() if trainer.is_global_zero and self.requested == signal.SIGUSR1 else None
-        stop = Preempted(trainer.global_step, path, requeued, self.requested.name if self.requested else "a signal")
+        requeued = requeue_slurm_job() if trainer.is_global_zero and signum == signal.SIGUSR1 else None
+        stop = Preempted(trainer.global_step, path, requeued, signum.name)
         if trainer.is_global_zero:  # now: after a requeue SLURM soon ends the processes, maybe before they exit
             print(stop, file=sys.stderr, flush=True)
         raise stop

@@ -123,7 +123,8 @@ class RunRecord(Callback):
             self.record["checkpoints"]["last"] = exception.checkpoint
         else:
             self.record["status"] = "failed"
-            self.record["error"] = f"{type(exception).__name__}: {exception}".strip()
+            lost = getattr(exception, "lost_peer", None)  # PeerWatch named the process the run lost
+            self.record["error"] = lost or f"{type(exception).__name__}: {exception}".strip()
         self._write(trainer)
 
     def _update(self, trainer: Trainer, gather: bool) -> None:

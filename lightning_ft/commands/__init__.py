@@ -119,6 +119,10 @@ def run(name: str, argv: list[str], debug: bool) -> int:
         if full is not None:  # a folder a library made or wrote in itself (the run dir, a logger's)
             print(f"error: cannot write {full.filename or 'the output'}: {full.strerror}", file=sys.stderr)
             return 1
+        lost = getattr(err, "lost_peer", None)  # a collective failed: PeerWatch named the process behind it
+        if lost:
+            print(f"error: {lost} (the last checkpoint stays: rerun to resume)", file=sys.stderr)
+            return 1
         from lightning_ft.callbacks.guard import is_out_of_memory
 
         if not is_out_of_memory(err):

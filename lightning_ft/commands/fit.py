@@ -23,6 +23,7 @@ from lightning_ft.callbacks import (
     ClassificationMetrics,
     ConsoleSummary,
     GenerationMetrics,
+    PeerWatch,
     Preemption,
     RestoreBestWeights,
     RunRecord,
@@ -98,12 +99,15 @@ class FineTuneCLI(LightningCLI):
             auto_configure_optimizers=False,  # the module's `optim` settings own the optimizer
             trainer_defaults={
                 # ClassificationMetrics is a no-op for causal LMs; Preemption checkpoints and stops on SIGUSR1;
-                # RunRecord keeps run.json, with Throughput's totals; a run shorter than its validation interval
-                # validates on its last step; ConsoleSummary prints every validation metric and an early stop
+                # PeerWatch stops every process at once, naming it, when one is lost (before RunRecord, which
+                # records that name); RunRecord keeps run.json, with Throughput's totals; a run shorter than its
+                # validation interval validates on its last step; ConsoleSummary prints every validation metric
+                # and an early stop
                 "callbacks": [
                     ClassificationMetrics(),
                     Preemption(),
                     Throughput(),
+                    PeerWatch(),
                     RunRecord(),
                     ValidateAtMaxSteps(),
                     ConsoleSummary(),
