@@ -12,12 +12,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from conftest import ROOT, run_in_processes
+
+SCRIPTS = ROOT / "tests/scripts"
+sys.path.insert(0, str(SCRIPTS))  # record_steps, for the runs in this process
 
 pytestmark = pytest.mark.slurm
 CLUSTER = ROOT / "scripts/slurm_cluster.sh"
@@ -59,13 +63,15 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def submit(env, fit_args, run_dir: Path, *extra: str, nodes: int = 1, strategy: str = "ddp") -> tuple[str, Path]:
-    """`lightning-ft slurm submit` of a 2-task CPU LoRA job (one node x 2 tasks, or two nodes x 1); (job id, job
-    folder)."""
+def submit(
+    env, fit_args, run_dir: Path, *extra: str, nodes: int = 1, strategy: str = "ddp", recipe: str = "lora"
+) -> tuple[str, Path]:
+    """`lightning-ft slurm submit` of a 2-task CPU job of a recipe (one node x 2 tasks, or two nodes x 1); (job id,
+    job folder)."""
     tasks = 2 // nodes
     args = fit_args("--trainer.devices", str(tasks), "--trainer.max_epochs", "-1", *extra, run_dir=run_dir)[1:]
     out = lightning_ft(
-        env, "slurm", "submit", "--config", ROOT / "configs/lora.yaml",
+        env, "slurm", "submit", "--config", ROOT / f"configs/{recipe}.yaml",
         "--config", ROOT / f"configs/strategy/{strategy}.yaml",
         "--nodes", nodes, "--ntasks-per-node", tasks, "--cpus-per-task", "1", *args,
     )  # fmt: skip
@@ -93,32 +99,45 @@ def test_a_submitted_two_task_ddp_job_trains_and_leaves_checkpoint_and_logs(slur
 # Exact comparisons: a constant schedule (a resumed first half would end a cosine), no dropout (its masks differ with
 # the number of processes), fp32 (bf16 rounding differs with the split), padded batches of the same examples.
 EXACT = [
-    "--model.optim.scheduler", "constant", "--model.method.dropout", "0.0", "--trainer.precision", "32-true",
+    "--model.optim.scheduler", "constant", "--trainer.precision", "32-true",
     "--data.batching", "pad", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
     "--trainer.log_every_n_steps", "1", "--trainer.logger", json.dumps({"class_path": "CSVLogger", "init_args": {"save_dir": ""}}),
 ]  # fmt: skip
-GLOBAL_BATCH = 4  # 32 examples: 8 steps an epoch
+GLOBAL_BATCH = 4  # x accumulation 4 in the recipes: 32 examples make 2 steps an epoch
+METHOD_EXACT = {"lora": ["--model.method.dropout", "0.0"], "full": []}
+
+
+def exact(recipe: str) -> list[str]:
+    return [*EXACT, *METHOD_EXACT[recipe]]
 
 
 @pytest.fixture(scope="module")
-def one_process_runs() -> dict[int, Path]:
-    """One-process runs of the global batch, by max_steps: what every layout must end equal to."""
+def one_process_runs() -> dict[tuple[str, int], Path]:
+    """One-process runs of the global batch, by recipe and max_steps: what every layout must end equal to."""
     return {}
 
 
-def one_process(cli, fit_args, tmp_path_factory, runs: dict, max_steps: int) -> Path:
-    if max_steps not in runs:
-        run_dir = tmp_path_factory.mktemp(f"one-process-{max_steps}")
-        steps = ["--data.batch_size", str(GLOBAL_BATCH), "--trainer.max_steps", str(max_steps)]
-        args = fit_args("--trainer.max_epochs", "-1", *EXACT, *steps, run_dir=run_dir)
-        assert cli([args[0], "--config", str(ROOT / "configs/lora.yaml"), *args[1:]]) == 0
-        runs[max_steps] = run_dir
-    return runs[max_steps]
+def one_process_args(fit_args, run_dir: Path, max_steps: int, *extra: str, recipe: str = "lora") -> list[str]:
+    steps = ["--data.batch_size", str(GLOBAL_BATCH), "--trainer.max_steps", str(max_steps)]
+    args = fit_args("--trainer.max_epochs", "-1", *exact(recipe), *steps, *extra, run_dir=run_dir)
+    return [args[0], "--config", str(ROOT / f"configs/{recipe}.yaml"), *args[1:]]
 
 
-def two_nodes(env, fit_args, run_dir: Path, max_steps: int, *extra: str, strategy: str = "ddp") -> tuple[str, Path]:
+def one_process(cli, fit_args, tmp_path_factory, runs: dict, max_steps: int, recipe: str = "lora") -> Path:
+    if (recipe, max_steps) not in runs:
+        run_dir = tmp_path_factory.mktemp(f"one-process-{recipe}-{max_steps}")
+        assert cli(one_process_args(fit_args, run_dir, max_steps, recipe=recipe)) == 0
+        runs[recipe, max_steps] = run_dir
+    return runs[recipe, max_steps]
+
+
+def two_nodes(
+    env, fit_args, run_dir: Path, max_steps: int, *extra: str, strategy: str = "ddp", recipe: str = "lora"
+) -> tuple[str, Path]:
     per_process = ["--data.batch_size", str(GLOBAL_BATCH // 2), "--trainer.max_steps", str(max_steps)]
-    return submit(env, fit_args, run_dir, *EXACT, *per_process, *extra, nodes=2, strategy=strategy)
+    return submit(
+        env, fit_args, run_dir, *exact(recipe), *per_process, *extra, nodes=2, strategy=strategy, recipe=recipe
+    )
 
 
 def finished(env, job: str, timeout: float = 600) -> str:
@@ -126,8 +145,13 @@ def finished(env, job: str, timeout: float = 600) -> str:
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
-    rows = csv.DictReader((run_dir / "lightning_logs/version_0/metrics.csv").open())
-    return {int(row["step"]): float(row["train_loss"]) for row in rows if row.get("train_loss")}
+    """Every step's train_loss, from the CSV logger's files of each start of the run."""
+    return {
+        int(row["step"]): float(row["train_loss"])
+        for path in sorted((run_dir / "lightning_logs").glob("version_*/metrics.csv"))
+        for row in csv.DictReader(path.open())
+        if row.get("train_loss")
+    }
 
 
 def trained(run_dir: Path) -> dict:
@@ -210,13 +234,26 @@ def two_process_runs() -> dict[int, Path]:
     return {}
 
 
+def two_processes_args(
+    fit_args, run_dir: Path, max_steps: int, *extra: str, recipe: str = "lora", strategy: str = "ddp"
+) -> list[str]:
+    steps = ["--data.batch_size", str(GLOBAL_BATCH // 2), "--trainer.max_steps", str(max_steps)]
+    args = fit_args(
+        "--trainer.devices", "2", "--trainer.max_epochs", "-1", *exact(recipe), *steps, *extra, run_dir=run_dir
+    )
+    configs = [
+        "--config",
+        str(ROOT / f"configs/{recipe}.yaml"),
+        "--config",
+        str(ROOT / f"configs/strategy/{strategy}.yaml"),
+    ]
+    return ["-m", "lightning_ft", args[0], *configs, *args[1:]]
+
+
 def two_processes(fit_args, tmp_path_factory, runs: dict, max_steps: int) -> Path:
     if max_steps not in runs:
         run_dir = tmp_path_factory.mktemp(f"two-processes-{max_steps}")
-        steps = ["--data.batch_size", str(GLOBAL_BATCH // 2), "--trainer.max_steps", str(max_steps)]
-        args = fit_args("--trainer.devices", "2", "--trainer.max_epochs", "-1", *EXACT, *steps, run_dir=run_dir)
-        recipe = ["--config", str(ROOT / "configs/lora.yaml"), "--config", str(ROOT / "configs/strategy/ddp.yaml")]
-        run_in_processes("-m", "lightning_ft", args[0], *recipe, *args[1:])
+        run_in_processes(*two_processes_args(fit_args, run_dir, max_steps))
         runs[max_steps] = run_dir
     return runs[max_steps]
 
@@ -296,3 +333,25 @@ def test_usr1_to_one_node_stops_both_at_one_step_saves_once_and_requeues_once(
     written = writes(tmp_path / "audit")
     assert set(written[str(run_dir / "checkpoints/last.ckpt")]) == {"0"}
     assert_same_weights(run_dir, reference)
+
+
+@pytest.mark.parametrize("recipe,strategy", [("lora", "ddp"), ("full", "fsdp2")])
+def test_a_run_saved_on_two_nodes_resumes_on_one_node_of_two_processes_then_on_one_process(
+    slurm_env, cli, fit_args, tmp_path, tmp_path_factory, one_process_runs, monkeypatch, recipe, strategy
+):
+    """2 nodes x 1 process to step 3 (mid-pass), then 1 node x 2 processes to step 5 (a pass's end), then 1 x 1 to
+    step 6, all with the same global batch: 6 steps of 16 examples are 3 passes over the 32, and every example is
+    seen exactly 3 times (none repeated, none skipped); each step's loss and the end are one process's."""
+    reference = one_process(cli, fit_args, tmp_path_factory, one_process_runs, 6, recipe)
+    run_dir, log = tmp_path / "run", tmp_path / "batches.jsonl"
+    record = f"--trainer.callbacks+={json.dumps({'class_path': 'record_steps.RecordSteps', 'init_args': {'path': str(log)}})}"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")])))
+    env = {**slurm_env, "PYTHONPATH": os.environ["PYTHONPATH"]}
+    job, folder = two_nodes(env, fit_args, run_dir, 3, record, strategy=strategy, recipe=recipe)
+    assert finished(slurm_env, job) == "COMPLETED", log_text(folder, job)[-3000:]
+    run_in_processes(*two_processes_args(fit_args, run_dir, 5, record, recipe=recipe, strategy=strategy))
+    assert cli(one_process_args(fit_args, run_dir, 6, record, recipe=recipe)) == 0
+    seen = Counter(i for line in log.read_text().splitlines() for i in json.loads(line)["ids"])
+    assert seen == dict.fromkeys(range(32), 3)
+    assert step_losses(run_dir).keys() == set(range(6))
+    assert_trains_like_one_process(run_dir, reference)
