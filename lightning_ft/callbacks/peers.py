@@ -46,7 +46,7 @@ class PeerWatch(Callback):
 
     def __init__(self, interval: float = 1.0, timeout: float | None = None) -> None:
         self.interval = interval
-        self.timeout = timeout or float(os.environ.get("LIGHTNING_FT_PEER_TIMEOUT", 30))
+        self.timeout = timeout or float(os.environ.get("LIGHTNING_FT_PEER_TIMEOUT", "30"))
         self.store = None
         self.rank, self.world_size = 0, 1
         self._stop = threading.Event()

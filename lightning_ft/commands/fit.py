@@ -40,6 +40,7 @@ from lightning_ft.distributed.presets import (
     fill_data_parallel_size,
     fit_method_to_strategy,
 )
+from lightning_ft.distributed.ranks import launch_rank
 from lightning_ft.errors import UserError
 from lightning_ft.files import write_atomically
 from lightning_ft.loading import context_length
@@ -151,6 +152,7 @@ class FineTuneCLI(LightningCLI):
         """Checks and fills in what the strategy needs; for a fit, prepares the run dir (a command built on a fit
         configuration touches none)."""
         config = self.settings
+        rank_zero_only.rank = launch_rank(config.trainer.devices)  # until the strategy sets it: the lock and W&B id
         check_strategy(config.trainer)
         fill_data_parallel_size(config.trainer)
         fit_method_to_strategy(config.trainer, config.model)
