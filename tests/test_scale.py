@@ -254,22 +254,27 @@ def test_consolidate_refuses_what_it_cannot_read_in_one_line(cli, tmp_path, caps
     assert not (tmp_path / "out.ckpt").exists()
 
 
-def test_lightnings_own_two_node_launch_trains_with_one_writer(fit_args, tmp_path):
-    """`NODE_RANK=R MASTER_ADDR=... lightning-ft fit --trainer.num_nodes 2` on each node, Lightning's own launch:
-    Lightning took node 1's first process for rank 0 until its strategy was set up, so it took the run dir's lock
-    (and would write the W&B id) as node 0 did, and stopped: 'run dir is in use'."""
-    port = str(20000 + os.getpid() % 20000)
+@pytest.mark.parametrize("launch", ["lightning", "torchrun"])
+def test_a_two_node_launch_without_slurm_trains_with_one_writer(fit_args, tmp_path, launch):
+    """Each "node" started as README shows: `torchrun --nnodes 2 --node_rank R ...`, or Lightning's own launch,
+    `NODE_RANK=R MASTER_ADDR=... lightning-ft fit --trainer.num_nodes 2`. Under the latter Lightning took node 1's first
+    process for rank 0 until its strategy was set up, so it took the run dir's lock (and would write the W&B id) as
+    node 0 did, and stopped: 'run dir is in use'."""
+    port = str(20000 + (os.getpid() + len(launch)) % 20000)
     args = fit_args("--trainer.num_nodes", "2", "--trainer.max_steps", "2", run_dir=tmp_path / "run")
-    command = [sys.executable, "-m", "lightning_ft", args[0], "--config", str(ROOT / "configs/strategy/ddp.yaml")]
+    fit = ["-m", "lightning_ft", args[0], "--config", str(ROOT / "configs/strategy/ddp.yaml"), *args[1:]]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    if launch == "torchrun":
+        rendezvous = ["--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"]
+        commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]
+                    + rendezvous + fit for node in (0, 1)]  # fmt: skip
+    else:
+        commands = [[sys.executable, *fit]] * 2
     nodes = [
         subprocess.Popen(
-            [*command, *args[1:]],
-            env={**os.environ, "NODE_RANK": str(node), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            command, env={**env, "NODE_RANK": str(node)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        for node in (0, 1)
+        for node, command in enumerate(commands)
     ]
     outputs = [node.communicate(timeout=120)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
