@@ -276,6 +276,10 @@ def test_a_two_node_launch_without_slurm_trains_with_one_writer(fit_args, tmp_pa
         )
         for node, command in enumerate(commands)
     ]
-    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    finally:  # one that failed leaves the other waiting for it
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 2

@@ -31,6 +31,14 @@ from lightning_ft.callbacks.run_record import RunRecord
 EXIT_STATUS = 1
 STORE_GRACE_S = 5.0  # the store gone: this long for this process to finish too (process 0 may simply end first)
 
+# The watcher talks to the store only while holding this lock, and a fork (a DataLoader starting its workers, each
+# epoch) waits for it: a child forked in the middle of a store call hung in os.fork (seen once in a two-node FSDP2
+# job: its first DataLoader worker never started, and the job with it).
+STORE_CALL = threading.Lock()
+os.register_at_fork(
+    before=STORE_CALL.acquire, after_in_parent=STORE_CALL.release, after_in_child=STORE_CALL._at_fork_reinit
+)
+
 
 class PeerLost(RuntimeError):
     """Another process of the run is gone (or failed): this one stops too."""
@@ -102,8 +110,9 @@ class PeerWatch(Callback):
         while not self._stop.wait(self.interval if beats else 0):
             beats += 1
             try:
-                self.store.set(f"beat/{self.rank}", str(beats))
-                lost = self._check(silent_for=self.timeout)
+                with STORE_CALL:
+                    self.store.set(f"beat/{self.rank}", str(beats))
+                    lost = self._check(silent_for=self.timeout)
             except DistError:  # the store went with process 0, its host; or process 0 finished first
                 if self._stop.wait(STORE_GRACE_S):
                     return  # this process finished too: the run is over, not broken
