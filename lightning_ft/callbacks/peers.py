@@ -172,9 +172,8 @@ class PeerWatch(Callback):
 
     @staticmethod
     def _try(action):
-        """The action's result (True for one that returns nothing), or None when the store is gone."""
+        """The action's result, or None when the store is gone."""
         try:
-            result = action()
+            return action()
         except DistError:
             return None
-        return True if result is None else result

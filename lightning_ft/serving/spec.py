@@ -130,7 +130,7 @@ class OpenAICompatible(LitSpec):
                     400, "feedback needs 'response_id', the id of a response this server gave", "response_id"
                 )
             if self.known_ids is None:
-                self.known_ids = await asyncio.get_running_loop().run_in_executor(self.recorder, self.log.served_ids)
+                self.known_ids = await self.recorded(self.log.served_ids)
             if response_id not in self.known_ids:
                 raise ApiError(404, f"no response '{response_id}' was served here", "response_id")
             rating = read_rating(body.get("rating"))
@@ -141,7 +141,7 @@ class OpenAICompatible(LitSpec):
         except ApiError as err:
             return err.response()
         entry = {"response_id": response_id, "rating": rating, "user": user, "comment": comment}
-        await asyncio.get_running_loop().run_in_executor(self.recorder, self.log.feedback, entry)
+        await self.recorded(self.log.feedback, entry)
         return JSONResponse({"recorded": True, "response_id": response_id})
 
     async def route(self, request: Request) -> Response:
@@ -319,14 +319,14 @@ class OpenAICompatible(LitSpec):
         if self.known_ids is not None:
             self.known_ids.add(job.id)
         latency = time.perf_counter() - job.started
-        await asyncio.get_running_loop().run_in_executor(self.recorder, self.record, job, status, error, latency, ttft)
+        await self.recorded(self.record, job, status, error, latency, ttft)
 
-    @property
-    def recorder(self) -> ThreadPoolExecutor:
-        """One thread, so log lines keep their order and drift windows see one request at a time."""
+    async def recorded(self, write, *args):
+        """`write(*args)` in the recorder's one thread (log lines keep their order, drift windows see one request at
+        a time), off the event loop."""
         if self._recorder is None:
             self._recorder = ThreadPoolExecutor(1, thread_name_prefix="lightning-ft-log")
-        return self._recorder
+        return await asyncio.get_running_loop().run_in_executor(self._recorder, write, *args)
 
     def __getstate__(self) -> dict:  # LitServe pickles the spec into its HTTP process; a thread pool does not travel
         return {**super().__getstate__(), "_recorder": None}
