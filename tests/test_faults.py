@@ -155,8 +155,9 @@ def test_a_silent_peer_stops_the_run_within_the_peer_timeout_naming_it(fit_args,
         silent = time.monotonic()
         assert fit.wait(timeout=60) == 1
         took = time.monotonic() - silent
-    finally:
+    finally:  # the stopped peer; and, when the watch failed, the run still waiting for it
         peer.kill()
+        fit.kill()
     output = (tmp_path / "fit.out").read_text()
     assert 4 <= took < 15, took  # silent since its last beat, up to a second before it was stopped
     assert (
